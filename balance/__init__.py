@@ -1,0 +1,1 @@
+"""balance: the regularization balance of a network under super-convergence."""

@@ -1,0 +1,330 @@
+"""Offline data sets, seeded train/validation/test splits, and on-device batching.
+
+Data is held as tensors in memory and moved to the device once; batches are
+index slices of a per-epoch permutation, so no DataLoader sits in the hot loop.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from balance.config import ConfigError
+from balance.plugins import import_object
+
+MNIST1D_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train, validation and test tensors of one data set.
+
+    ``x_*`` are float32 of shape ``(N, C, ...)``; ``y_*`` are int64 class indices.
+    The test split is for the final evaluation only, never for choosing anything.
+    """
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example, without the batch dimension."""
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        """Whether examples are 2-D images ``(C, H, W)`` (augmentation applies)."""
+        return self.x_train.dim() == 4
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """The same data on ``device`` (one copy, done once)."""
+        return replace(
+            self,
+            **{
+                field: getattr(self, field).to(device)
+                for field in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+            },
+        )
+
+
+def cache_dir() -> Path:
+    """Folder for generated data (``$BALANCE_CACHE_DIR`` or the user cache dir)."""
+    env = os.environ.get("BALANCE_CACHE_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("balance"))
+
+
+def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    # Several worker processes may generate the cache at once: write aside, then rename.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _mnist1d_arrays() -> dict[str, np.ndarray]:
+    """MNIST-1D as generated from the package's built-in templates (seed 42, 5,000 samples)."""
+    path = cache_dir() / f"mnist1d-v{MNIST1D_CACHE_VERSION}.npz"
+    if path.exists():
+        with np.load(path) as stored:
+            return {key: stored[key] for key in stored.files}
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    # make_dataset builds from templates; get_dataset (the download path) is never used.
+    generated = make_dataset(get_dataset_args())
+    arrays = {
+        "x": generated["x"].astype(np.float32),
+        "y": generated["y"].astype(np.int64),
+        "x_test": generated["x_test"].astype(np.float32),
+        "y_test": generated["y_test"].astype(np.int64),
+    }
+    _atomic_save_npz(path, **arrays)
+    return arrays
+
+
+def _load_mnist1d(_: Path | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    arrays = _mnist1d_arrays()
+    return (
+        torch.from_numpy(arrays["x"]).unsqueeze(1),
+        torch.from_numpy(arrays["y"]),
+        torch.from_numpy(arrays["x_test"]).unsqueeze(1),
+        torch.from_numpy(arrays["y_test"]),
+    )
+
+
+def _load_digits(_: Path | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.images.astype(np.float32) / 16.0)[:, None]
+    y = digits.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    return (torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te),
+            torch.from_numpy(y_te))
+
+
+def _find_file(folder: Path, stem: str, field: str = "data_path") -> Path:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"{field}: missing file {stem}[.gz] in {folder}")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (MNIST format, optionally gzipped) into a uint8 array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as error:
+        raise ConfigError(f"data_path: cannot read {path}: {error}") from None
+    if len(raw) < 4:
+        raise ConfigError(f"data_path: {path} is not an idx file (only {len(raw)} bytes)")
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08 or ndim == 0:
+        raise ConfigError(f"data_path: {path} is not an unsigned-byte idx file (bad magic)")
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    body = raw[4 + 4 * ndim :]
+    expected = int(np.prod(shape))
+    if len(body) != expected:
+        raise ConfigError(
+            f"data_path: {path} holds {len(body)} values but its header says {expected}"
+        )
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+def _load_idx_set(folder: Path | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    assert folder is not None  # config validation guarantees data_path for this set
+    if not folder.is_dir():
+        raise ConfigError(f"data_path: {folder} is not a folder")
+    parts = []
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        parts.append(read_idx(_find_file(folder, stem)))
+    x_tr, y_tr, x_te, y_te = parts
+    for images, labels, split in ((x_tr, y_tr, "train"), (x_te, y_te, "t10k")):
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ConfigError(
+                f"data_path: {split} images {images.shape} and labels {labels.shape} do not match"
+            )
+    return (
+        torch.from_numpy(x_tr.astype(np.float32) / 255.0).unsqueeze(1),
+        torch.from_numpy(y_tr.astype(np.int64)),
+        torch.from_numpy(x_te.astype(np.float32) / 255.0).unsqueeze(1),
+        torch.from_numpy(y_te.astype(np.int64)),
+    )
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with path.open("rb") as handle:
+            batch = pickle.load(handle, encoding="bytes")
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as error:
+        raise ConfigError(f"data_path: {path} is not a CIFAR-10 python batch ({error})") from None
+    if len(data) != len(labels):
+        raise ConfigError(f"data_path: {path} has {len(data)} images but {len(labels)} labels")
+    return data, labels
+
+
+def _load_cifar10(folder: Path | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    assert folder is not None
+    if (folder / "cifar-10-batches-py").is_dir():
+        folder = folder / "cifar-10-batches-py"
+    if not folder.is_dir():
+        raise ConfigError(f"data_path: {folder} is not a folder")
+    train_files = sorted(folder.glob("data_batch_*"))
+    if not train_files:
+        raise ConfigError(f"data_path: no data_batch_* files in {folder}")
+    test_file = folder / "test_batch"
+    if not test_file.is_file():
+        raise ConfigError(f"data_path: missing file test_batch in {folder}")
+    train = [_read_cifar_batch(path) for path in train_files]
+    x_te, y_te = _read_cifar_batch(test_file)
+    x_tr = np.concatenate([x for x, _ in train])
+    y_tr = np.concatenate([y for _, y in train])
+    return (torch.from_numpy(x_tr.astype(np.float32) / 255.0), torch.from_numpy(y_tr),
+            torch.from_numpy(x_te.astype(np.float32) / 255.0), torch.from_numpy(y_te))
+
+
+Loader = Callable[[Path | None], tuple[Tensor, Tensor, Tensor, Tensor]]
+
+LOADERS: dict[str, Loader] = {
+    "mnist1d": _load_mnist1d,
+    "digits": _load_digits,
+    "fashion-mnist": _load_idx_set,
+    "mnist": _load_idx_set,
+    "cifar10": _load_cifar10,
+}
+
+
+def _load_user(spec: str, path: Path | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    result = import_object(spec, "data")(path) if path else import_object(spec, "data")()
+    if not (isinstance(result, tuple) and len(result) == 4):
+        raise ConfigError(
+            f"data: {spec!r} must return (x_train, y_train, x_test, y_test), got {type(result)}"
+        )
+    x_tr, y_tr, x_te, y_te = (torch.as_tensor(part) for part in result)
+    return x_tr.float(), y_tr.long(), x_te.float(), y_te.long()
+
+
+def _standardize(
+    x_train: Tensor, *others: Tensor
+) -> tuple[Tensor, ...]:
+    # Per-channel statistics of the training split only, so validation and test leak nothing.
+    dims = [0, *range(2, x_train.dim())]
+    mean = x_train.mean(dim=dims, keepdim=True)
+    std = x_train.std(dim=dims, keepdim=True).clamp_min(1e-6)
+    return tuple((x - mean) / std for x in (x_train, *others))
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_path: Path | None = None,
+    validation_fraction: float = 0.1,
+    split_seed: int = 0,
+) -> Dataset:
+    """Load a data set and carve a seeded validation split out of its training data.
+
+    Inputs are standardized per channel with training-split statistics.
+
+    Example:
+        >>> data = load_dataset("digits")
+        >>> data.input_shape
+        (1, 8, 8)
+    """
+    if name in LOADERS:
+        x_full, y_full, x_test, y_test = LOADERS[name](data_path)
+    else:
+        x_full, y_full, x_test, y_test = _load_user(name, data_path)
+    if x_full.dim() == 1:
+        raise ConfigError(f"data: inputs must have a batch dimension, got shape {tuple(x_full.shape)}")
+    if x_full.dim() == 2:  # flat features become one channel
+        x_full, x_test = x_full.unsqueeze(1), x_test.unsqueeze(1)
+    n_val = int(round(len(x_full) * validation_fraction))
+    if n_val < 1 or n_val >= len(x_full):
+        raise ConfigError(
+            f"validation_fraction: {validation_fraction} of {len(x_full)} training examples "
+            "leaves an empty split"
+        )
+    order = torch.randperm(len(x_full), generator=torch.Generator().manual_seed(split_seed))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    x_train, x_val, x_test = _standardize(x_full[train_idx], x_full[val_idx], x_test)
+    num_classes = int(max(y_full.max(), y_test.max()).item()) + 1
+    return Dataset(
+        name=name,
+        x_train=x_train.contiguous(),
+        y_train=y_full[train_idx].contiguous(),
+        x_val=x_val.contiguous(),
+        y_val=y_full[val_idx].contiguous(),
+        x_test=x_test.contiguous(),
+        y_test=y_test.contiguous(),
+        num_classes=num_classes,
+    )
+
+
+def augment_images(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
+    """Random crop after zero padding by ``pad``, and random horizontal flip, per example.
+
+    Works on the whole tensor at once on its own device (no per-example Python loop).
+    """
+    n, _, height, width = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    device = x.device
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=device, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=device, generator=generator)
+    rows = (dy[:, None] + torch.arange(height, device=device))[:, :, None]
+    cols = dx[:, None] + torch.arange(width, device=device)
+    flip = torch.rand(n, device=device, generator=generator) < 0.5
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, :]
+    batch = torch.arange(n, device=device)[:, None, None]
+    # Advanced indexing gives (N, H, W, C); move channels back to dim 1.
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def epoch_batches(
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    *,
+    augment: bool = False,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield one epoch of shuffled ``(x, y)`` batches as slices of a permuted copy.
+
+    The permutation (and augmentation) happens once per epoch on the data's device;
+    each batch is then a contiguous view. The last batch may be smaller.
+    """
+    order = torch.randperm(len(x), device=x.device, generator=generator)
+    xs, ys = x[order], y[order]
+    if augment:
+        xs = augment_images(xs, generator)
+    for start in range(0, len(xs), batch_size):
+        yield xs[start : start + batch_size], ys[start : start + batch_size]
