@@ -8,9 +8,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 BUILTIN_DATA = ("mnist1d", "digits", "fashion-mnist", "mnist", "cifar10")
 """Data sets balance knows by name; ``mnist1d`` and ``digits`` need no files."""
@@ -127,7 +136,10 @@ class TrainConfig(_Strict):
                 f"(rise and fall take pct_start each), got {self.pct_start}"
             )
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0.0):
-            raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
+            raise ValueError(
+                f"nesterov needs optimizer 'sgd' with momentum > 0, "
+                f"got optimizer={self.optimizer!r}, momentum={self.momentum}"
+            )
         if self.base_momentum > self.max_momentum:
             raise ValueError(
                 f"base_momentum ({self.base_momentum}) must not exceed "
@@ -168,6 +180,10 @@ class RangeTestConfig(_Strict):
     )
     val_size: int = Field(512, ge=1, description="size of the fixed validation subset")
     skip_start: int = Field(3, ge=0, description="points left out at the start of the curve")
+    accuracy_tolerance: float = Field(
+        0.02, ge=0.0, lt=1.0,
+        description="validation accuracy (absolute) that still counts as the peak's plateau",
+    )
     rule: SuggestionRule = Field("valley", description="suggestion used as max_lr")
 
     @model_validator(mode="after")
@@ -185,11 +201,17 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> list[st
     """One line per problem: ``field: message (got value)``."""
     lines = []
     for item in error.errors():
-        loc = ".".join(str(part) for part in item["loc"])
+        loc = ""
+        for part in item["loc"]:
+            if isinstance(part, int):
+                loc += f"[{part}]"
+            elif part not in _AXIS_TAGS:
+                loc += f".{part}" if loc else str(part)
         field = f"{prefix}{loc}" if loc else (prefix.rstrip(".") or "config")
         message = item["msg"].removeprefix("Value error, ")
         got = item.get("input")
-        shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        # A missing field's input is the enclosing mapping; an explicit None is shown.
+        shown = "" if isinstance(got, dict | BaseModel) else f" (got {got!r})"
         lines.append(f"{field}: {message}{shown}")
     return lines
 
@@ -200,3 +222,165 @@ def build(model: type[_Strict], values: dict[str, Any]) -> Any:
         return model.model_validate(values)
     except ValidationError as error:
         raise ConfigError("; ".join(format_validation_error(error))) from None
+
+
+SamplerName = Literal["grid", "tpe", "gp", "random"]
+PrunerName = Literal["none", "median", "hyperband"]
+LrScaling = Literal["range-test", "linear", "sqrt", "none"]
+SEARCHED = ("weight_decay", "dropout", "batch_size")
+MAX_GRID_CELLS = 10_000
+
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
+DropoutValue = Annotated[float, Field(ge=0.0, lt=1.0)]
+BatchSize = Annotated[int, Field(ge=1)]
+_AXIS_TAGS = ("values", "range")
+
+
+def _axis_kind(value: Any) -> str:
+    return "range" if isinstance(value, dict | BaseModel) else "values"
+
+
+class FloatRange(_Strict):
+    """A continuous range for Bayesian search: ``{ low = 1e-6, high = 1e-2, log = true }``."""
+
+    low: float = Field(ge=0.0)
+    high: float = Field(ge=0.0)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if self.high <= self.low:
+            raise ValueError(f"high must exceed low, got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0.0:
+            raise ValueError(f"a log range needs low > 0, got low={self.low}")
+        return self
+
+
+class SearchSpace(_Strict):
+    """The regularizers a study sweeps. A list is a grid axis (or categorical choice)."""
+
+    weight_decay: Annotated[
+        Annotated[list[NonNegativeFloat], Tag("values")] | Annotated[FloatRange, Tag("range")],
+        Discriminator(_axis_kind),
+    ] | None = None
+    dropout: Annotated[
+        Annotated[list[DropoutValue], Tag("values")] | Annotated[FloatRange, Tag("range")],
+        Discriminator(_axis_kind),
+    ] | None = None
+    batch_size: list[BatchSize] | None = None
+
+    @field_validator("weight_decay", "dropout", "batch_size")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("must list at least one value")
+            if len(set(value)) != len(value):
+                raise ValueError(f"lists a value twice: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _some_axis(self) -> SearchSpace:
+        if all(getattr(self, name) is None for name in SEARCHED):
+            raise ValueError("search names none of weight_decay, dropout, batch_size")
+        dropout = self.dropout
+        if isinstance(dropout, FloatRange) and dropout.high >= 1.0:
+            raise ValueError(f"dropout range must stay below 1, got high={dropout.high}")
+        return self
+
+    def axes(self) -> dict[str, list[Any] | FloatRange]:
+        """The searched parameters, in the fixed order weight_decay, dropout, batch_size."""
+        return {name: getattr(self, name) for name in SEARCHED if getattr(self, name) is not None}
+
+    @property
+    def is_grid(self) -> bool:
+        """Whether every axis is a list of values."""
+        return all(isinstance(axis, list) for axis in self.axes().values())
+
+    @property
+    def n_cells(self) -> int:
+        """Number of grid cells (only meaningful when :attr:`is_grid`)."""
+        count = 1
+        for axis in self.axes().values():
+            count *= len(axis) if isinstance(axis, list) else 1
+        return count
+
+
+class StudyConfig(_Strict):
+    """A study file: a base training run, the range test, the space and how to search it.
+
+    Each trial trains ``seeds`` runs of the base configuration with the trial's
+    ``weight_decay``, ``dropout`` and ``batch_size``, all for ``train.epochs``
+    epochs, so batch sizes are compared at equal passes over the data.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="study name")
+    description: str = ""
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    range_test: RangeTestConfig = Field(default_factory=RangeTestConfig)
+    search: SearchSpace
+    sampler: SamplerName = "grid"
+    pruner: PrunerName = "none"
+    n_trials: int | None = Field(None, ge=1, description="trials for tpe/gp/random")
+    seeds: int = Field(1, ge=1, description="training runs per trial, averaged")
+    lr_scaling: LrScaling = Field(
+        "range-test", description="max LR per batch size: own range test, or scaled from one"
+    )
+    storage: str | None = Field(None, description="Optuna storage URL (default: journal file)")
+    workers: int = Field(1, ge=1, description="local worker processes")
+    baseline: dict[str, Any] | None = Field(
+        None, description="TrainConfig fields overriding train for the baseline run"
+    )
+    sampler_seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _study_checks(self) -> StudyConfig:
+        if self.sampler == "grid":
+            if not self.search.is_grid:
+                raise ValueError("sampler 'grid' needs lists, not ranges, for every search axis")
+            if self.search.n_cells > MAX_GRID_CELLS:
+                raise ValueError(
+                    f"grid has {self.search.n_cells} cells, more than {MAX_GRID_CELLS}"
+                )
+        elif self.n_trials is None:
+            raise ValueError(f"n_trials is required for sampler {self.sampler!r}")
+        if self.baseline is not None:
+            TrainConfig.model_validate({**self.train.model_dump(), **self.baseline})
+        return self
+
+    @property
+    def baseline_config(self) -> TrainConfig | None:
+        """The baseline run's configuration (train with the baseline's overrides)."""
+        if self.baseline is None:
+            return None
+        return TrainConfig.model_validate({**self.train.model_dump(), **self.baseline})
+
+    def space_signature(self) -> dict[str, Any]:
+        """What must match for a stored study to be resumed with this file."""
+        return {
+            "search": self.search.model_dump(mode="json"),
+            "sampler": self.sampler,
+            "seeds": self.seeds,
+            "lr_scaling": self.lr_scaling,
+            "train": self.train.model_dump(mode="json", exclude={"threads", "device"}),
+        }
+
+
+def load_study_file(path: Path) -> StudyConfig:
+    """Read and validate a TOML study file; every problem is reported at once.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or invalid (one line per problem).
+    """
+    import tomllib
+
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"study: cannot read {path}: {error.strerror}") from None
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"study: {path} is not valid TOML: {error}") from None
+    values.setdefault("name", Path(path).stem)
+    return build(StudyConfig, values)  # type: ignore[no-any-return]

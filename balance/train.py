@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ from balance.config import ConfigError, TrainConfig
 from balance.data import Dataset, epoch_batches, load_dataset
 from balance.models import build_model
 from balance.optim import build_optimizer
-from balance.schedule import build_scheduler, current_momentum
+from balance.schedule import build_scheduler
 
 EVAL_BATCH_SIZE = 1024
 
@@ -36,6 +36,7 @@ class EpochMetrics:
     val_accuracy: float
     lr: float
     momentum: float
+    test_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,9 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the model is left out)."""
-        out = asdict(self)  # deep-copies fields; drop the model before that is costly
-        out.pop("model", None)
+        # asdict deep-copies every field: leave the model out before, not after.
+        out = asdict(replace(self, model=None))
+        out.pop("model")
         out["steps"] = self.steps
         return out
 
@@ -131,11 +133,14 @@ def fit(
     generator: torch.Generator,
     augment: bool = False,
     callback: EpochCallback | None = None,
+    track_test: bool = False,
 ) -> tuple[list[EpochMetrics], list[float], list[float], float, Divergence | None]:
     """Train ``model`` in place for ``epochs``; stop early, without raising, on divergence.
 
     Returns the epoch metrics, the per-step LR and momentum traces, the seconds
     spent in training steps (evaluation excluded), and the divergence, if any.
+    ``track_test`` also measures test accuracy every epoch: for the final
+    comparison plots only, never for choosing anything.
     """
     criterion = nn.CrossEntropyLoss()
     steps_per_epoch = math.ceil(len(data.x_train) / batch_size)
@@ -178,7 +183,8 @@ def fit(
             val_loss=val_loss,
             val_accuracy=val_accuracy,
             lr=lr_trace[-1],
-            momentum=current_momentum(optimizer),
+            momentum=_momenta(momentum_trace[-1:])[0],  # the step `lr` was recorded at
+            test_accuracy=evaluate(model, data.x_test, data.y_test)[1] if track_test else None,
         )
         history.append(metrics)
         if callback is not None:
@@ -219,11 +225,14 @@ def train(
     data: Dataset | None = None,
     callback: EpochCallback | None = None,
     evaluate_test: bool = False,
+    track_test: bool = False,
 ) -> TrainResult:
     """Train the configured model under the configured schedule and return its curves.
 
     ``config.max_lr`` must be set (find it with :func:`balance.range_test.find_max_lr`).
     The run is deterministic for a given seed, device and thread count.
+    ``evaluate_test`` measures the test split once at the end; ``track_test``
+    after every epoch (for plots of the final comparison only).
 
     Example:
         >>> from balance import TrainConfig, train
@@ -242,10 +251,10 @@ def train(
     history, lrs, momenta, train_time, diverged = fit(
         model, optimizer, scheduler, data,
         epochs=config.epochs, batch_size=config.batch_size, generator=generator,
-        augment=config.augment, callback=callback,
+        augment=config.augment, callback=callback, track_test=track_test,
     )
     test_loss = test_accuracy = None
-    if evaluate_test and diverged is None:
+    if (evaluate_test or track_test) and diverged is None:
         test_loss, test_accuracy = evaluate(model, data.x_test, data.y_test)
     samples = len(data.x_train) * math.ceil(len(lrs) / steps_per_epoch)
     return TrainResult(

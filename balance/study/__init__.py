@@ -1,0 +1,39 @@
+"""Optuna studies: stage 1 fixes the max LR, stage 2 sweeps the regularizers under 1cycle."""
+
+from balance.study._learning_rate import fit_max_lrs, scale_lr
+from balance.study._objective import Objective, TrainingDiverged
+from balance.study._space import cell_key, grid_cells
+from balance.study._storage import default_storage_url, open_storage
+from balance.study._sweep import (
+    Progress,
+    SweepResult,
+    create_or_resume,
+    enqueue_missing_cells,
+    evaluate_on_test,
+    fail_dead_workers,
+    progress_of,
+    run_worker,
+    run_workers,
+    sweep,
+)
+
+__all__ = [
+    "Objective",
+    "Progress",
+    "SweepResult",
+    "TrainingDiverged",
+    "cell_key",
+    "create_or_resume",
+    "default_storage_url",
+    "enqueue_missing_cells",
+    "evaluate_on_test",
+    "fail_dead_workers",
+    "fit_max_lrs",
+    "grid_cells",
+    "open_storage",
+    "progress_of",
+    "run_worker",
+    "run_workers",
+    "scale_lr",
+    "sweep",
+]

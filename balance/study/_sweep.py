@@ -1,0 +1,389 @@
+"""Run a study: create or resume it, fix the max LRs, queue the cells, run workers, evaluate."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from balance.config import SEARCHED, ConfigError, StudyConfig
+from balance.data import Dataset, load_dataset
+from balance.range_test import RangeTestResult
+from balance.study._learning_rate import fit_max_lrs
+from balance.study._objective import Objective, TrainingDiverged
+from balance.study._space import cell_key, grid_cells
+from balance.study._storage import default_storage_url, load_existing, open_storage
+from balance.train import train
+
+DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a study is: finished trials, the target, the best value, trials running."""
+
+    done: int
+    total: int
+    best: float | None
+    running: int
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class SweepResult:
+    """Where a finished sweep left its study and what it found."""
+
+    study_name: str
+    storage: str
+    out_dir: Path
+    summary: dict[str, Any]
+
+
+def make_sampler(config: StudyConfig, worker_index: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler; each worker gets its own seed (fixed seeds repeat across workers)."""
+    seed = config.sampler_seed + worker_index
+    if config.sampler == "grid":
+        return optuna.samplers.GridSampler(
+            {name: axis for name, axis in config.search.axes().items()}, seed=seed
+        )
+    if config.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, config.n_trials or 10))
+    if config.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    """The study's pruner, fed per-epoch validation accuracy at step ``seed * epochs + epoch``."""
+    epochs = config.train.epochs
+    if config.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, epochs // 4))
+    if config.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=max(1, epochs // 8), max_resource=epochs * config.seeds,
+            reduction_factor=3,
+        )
+    return optuna.pruners.NopPruner()
+
+
+def storage_url(config: StudyConfig, storage: str | None, root: Path) -> str:
+    """The storage a study uses: the argument, the study file's, or the default journal file."""
+    return storage or config.storage or default_storage_url(config.name, root)
+
+
+def _load_data(config: StudyConfig) -> Dataset:
+    train_config = config.train
+    return load_dataset(train_config.data, data_path=train_config.data_path,
+                        validation_fraction=train_config.validation_fraction,
+                        split_seed=train_config.split_seed)
+
+
+def create_or_resume(config: StudyConfig, url: str) -> optuna.Study:
+    """Create the study, or load it when the same file was run before.
+
+    Raises:
+        ConfigError: the stored study was made with a different space or base run.
+    """
+    storage = open_storage(url)
+    study = optuna.create_study(
+        study_name=config.name, storage=storage, direction="maximize",
+        sampler=make_sampler(config), pruner=make_pruner(config), load_if_exists=True,
+    )
+    signature = json.loads(json.dumps(config.space_signature()))
+    stored = study.user_attrs.get("signature")
+    if stored is None:
+        study.set_user_attr("signature", signature)
+        study.set_user_attr("config", config.model_dump(mode="json"))
+    elif stored != signature:
+        changed = sorted(key for key in signature if stored.get(key) != signature[key])
+        raise ConfigError(
+            f"study: {config.name!r} in this storage was made with a different "
+            f"{', '.join(changed)}; use a new study name or the original file"
+        )
+    return study
+
+
+def stored_max_lrs(study: optuna.Study) -> dict[int, float]:
+    """The max LR per batch size fixed by stage 1 (empty before it ran)."""
+    return {int(size): float(lr) for size, lr in study.user_attrs.get("max_lr", {}).items()}
+
+
+def stored_range_tests(study: optuna.Study) -> dict[int, RangeTestResult]:
+    """The range tests stage 1 stored, by batch size."""
+    return {int(size): RangeTestResult.from_dict(test)
+            for size, test in study.user_attrs.get("range_tests", {}).items()}
+
+
+def fix_max_lrs(study: optuna.Study, config: StudyConfig, data: Dataset,
+                threads: int | None = None) -> dict[int, float]:
+    """Stage 1, once per study: run the range tests and store their curves and LRs."""
+    max_lrs = stored_max_lrs(study)
+    if max_lrs:
+        return max_lrs
+    max_lrs, tests = fit_max_lrs(config, data, threads=threads)
+    study.set_user_attr("range_tests", {str(size): test.to_dict() for size, test in tests.items()})
+    study.set_user_attr("max_lr", {str(size): lr for size, lr in max_lrs.items()})
+    return max_lrs
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_workers(study: optuna.Study) -> list[int]:
+    """Mark RUNNING trials of dead local workers as failed (journal files have no heartbeat).
+
+    A trial is stale when its recorded worker ran on this host and that process
+    is gone. Database storages find stale trials by Optuna's heartbeat instead.
+    """
+    host = socket.gethostname()
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker")
+        if worker and worker["host"] == host and not _alive(int(worker["pid"])):
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "worker died")
+            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            failed.append(trial.number)
+    return failed
+
+
+def _trial_cell(trial: optuna.trial.FrozenTrial) -> str | None:
+    if "cell" in trial.user_attrs:
+        return str(trial.user_attrs["cell"])
+    fixed = trial.system_attrs.get("fixed_params")
+    return cell_key(fixed) if fixed else None
+
+
+def enqueue_missing_cells(study: optuna.Study, config: StudyConfig) -> int:
+    """Queue every grid cell no trial covers yet; return how many were queued.
+
+    A cell is covered by a trial that completed, was pruned, diverged, waits in
+    the queue, or runs. A cell whose trial was interrupted is queued again.
+    """
+    covered = set()
+    for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get("surplus"):
+            continue
+        active = trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING,
+                                 TrialState.RUNNING)
+        if active or (trial.state == TrialState.FAIL and "diverged" in trial.user_attrs):
+            key = _trial_cell(trial)
+            if key is not None:
+                covered.add(key)
+    queued = 0
+    for cell in grid_cells(config.search):
+        key = cell_key(cell)
+        if key not in covered:
+            study.enqueue_trial(cell, user_attrs={"cell": key})
+            queued += 1
+    return queued
+
+
+def progress_of(study: optuna.Study, config: StudyConfig) -> Progress:
+    """Count finished and running trials (surplus grid trials left out)."""
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+    done = sum(t.state in DONE_STATES for t in trials)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    if config.sampler == "grid":
+        total = config.search.n_cells
+        done = len({_trial_cell(t) for t in trials if t.state in DONE_STATES} - {None})
+    else:
+        total = config.n_trials or 0
+    return Progress(done=done, total=total, best=max(values) if values else None, running=running)
+
+
+def _has_work(study: optuna.Study, config: StudyConfig) -> bool:
+    if config.sampler == "grid":
+        return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    # Interrupted and dead-worker trials do not use up the budget; diverged ones do.
+    counted = sum(
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        or (t.state == TrialState.FAIL and "diverged" in t.user_attrs)
+        for t in study.get_trials(deepcopy=False)
+    )
+    return counted < (config.n_trials or 0)
+
+
+def run_worker(
+    config: StudyConfig,
+    url: str,
+    *,
+    threads: int | None = None,
+    device: str | None = None,
+    worker_index: int = 0,
+    on_progress: ProgressCallback | None = None,
+) -> int:
+    """Join the study at ``url`` and run trials until none is left; return how many ran.
+
+    The study must exist and stage 1 must be done (``balance sweep`` does both).
+    Several workers, on this machine or others, may run at once.
+    """
+    storage = open_storage(url)
+    study = load_existing(config.name, storage)
+    study.sampler = make_sampler(config, worker_index)
+    study.pruner = make_pruner(config)
+    max_lrs = stored_max_lrs(study)
+    if not max_lrs:
+        raise ConfigError(f"study: {config.name!r} has no max LR yet; run `balance sweep` first")
+    objective = Objective(config, _load_data(config), max_lrs, threads=threads, device=device)
+    ran = 0
+    while _has_work(study, config):
+        study.optimize(objective, n_trials=1, catch=(TrainingDiverged,), gc_after_trial=False)
+        ran += 1
+        if on_progress is not None:
+            on_progress(progress_of(study, config))
+    return ran
+
+
+def _worker_plan(config: StudyConfig, workers: int) -> list[tuple[int | None, str | None]]:
+    """(threads, device) for each local worker: split the cores, or one worker per GPU."""
+    import torch
+
+    device = config.train.device
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        return [(config.train.threads, f"cuda:{index % gpus}") for index in range(workers)]
+    threads = config.train.threads or max(1, (os.cpu_count() or 1) // workers)
+    return [(threads, None)] * workers
+
+
+def run_workers(config: StudyConfig, url: str, workers: int,
+                on_progress: ProgressCallback | None = None) -> None:
+    """Run ``workers`` local worker processes (joblib) and report progress while they work."""
+    plan = _worker_plan(config, workers)
+    if workers == 1:
+        run_worker(config, url, threads=plan[0][0], device=plan[0][1], on_progress=on_progress)
+        return
+    from joblib import Parallel, delayed
+
+    failure: list[BaseException] = []
+
+    def launch() -> None:
+        try:
+            Parallel(n_jobs=workers, backend="loky")(
+                delayed(run_worker)(config, url, threads=threads, device=device,
+                                    worker_index=index)
+                for index, (threads, device) in enumerate(plan)
+            )
+        except BaseException as error:  # re-raised in the calling thread below
+            failure.append(error)
+
+    runner = threading.Thread(target=launch, name="balance-workers", daemon=True)
+    runner.start()
+    study = load_existing(config.name, open_storage(url))
+    while runner.is_alive():
+        runner.join(timeout=2.0)  # wakes early when the workers finish
+        if on_progress is not None:
+            on_progress(progress_of(study, config))
+    if failure:
+        raise failure[0]
+
+
+def best_params(study: optuna.Study, config: StudyConfig) -> tuple[int, dict[str, Any]]:
+    """The best completed trial's number and its full regularizer setting."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise ConfigError(f"study: {config.name!r} has no completed trial yet") from None
+    params = {name: best.params.get(name, getattr(config.train, name)) for name in SEARCHED}
+    return best.number, params
+
+
+def evaluate_on_test(study: optuna.Study, config: StudyConfig, data: Dataset,
+                     threads: int | None = None) -> dict[str, Any]:
+    """Train the chosen setting (and the baseline) once per seed and measure the test split.
+
+    The test split chooses nothing: selection already happened on validation.
+    The result is stored in the study, so it is computed once per best trial.
+    """
+    number, params = best_params(study, config)
+    stored = study.user_attrs.get("final")
+    if stored and stored.get("trial") == number:
+        return dict(stored)
+    max_lrs = stored_max_lrs(study)
+    chosen = config.train.model_copy(
+        update={**params, "max_lr": max_lrs[params["batch_size"]], "threads": threads}
+    )
+    final: dict[str, Any] = {"trial": number, "params": params,
+                             "chosen": _test_runs(chosen, config.seeds, data)}
+    baseline = config.baseline_config
+    if baseline is not None:
+        if baseline.max_lr is None:
+            baseline = baseline.model_copy(update={"max_lr": max_lrs.get(baseline.batch_size)})
+        baseline = baseline.model_copy(update={"threads": threads})
+        final["baseline"] = {"config": config.baseline,
+                             **_test_runs(baseline, config.seeds, data)}
+    study.set_user_attr("final", final)
+    return final
+
+
+def _test_runs(base: Any, seeds: int, data: Dataset) -> dict[str, Any]:
+    runs = []
+    for index in range(seeds):
+        result = train(base.model_copy(update={"seed": base.seed + index}), data=data,
+                       track_test=True)
+        runs.append({
+            "seed": base.seed + index,
+            "test_accuracy": result.test_accuracy,
+            "steps": [m.step for m in result.epochs],
+            "test_curve": [m.test_accuracy for m in result.epochs],
+            "diverged": result.diverged is not None,
+        })
+    values = [run["test_accuracy"] for run in runs if run["test_accuracy"] is not None]
+    mean = sum(values) / len(values) if values else None
+    std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5 if mean is not None else None
+    return {"max_lr": base.max_lr, "test_accuracy": mean, "test_accuracy_std": std, "runs": runs}
+
+
+def sweep(
+    config: StudyConfig,
+    *,
+    storage: str | None = None,
+    workers: int | None = None,
+    root: Path = Path("reports"),
+    on_progress: ProgressCallback | None = None,
+) -> SweepResult:
+    """Run a whole study: stage 1 (max LR per batch size), stage 2 (the sweep), test, results.
+
+    Re-running the same study on the same storage resumes it: stage 1 is not
+    redone, completed cells are not run again, interrupted ones are.
+
+    Example:
+        >>> from balance import load_study_file, sweep
+        >>> result = sweep(load_study_file("studies/mnist1d-cnn.toml"))  # doctest: +SKIP
+    """
+    from balance.analysis import write_results
+
+    started = time.perf_counter()
+    url = storage_url(config, storage, root)
+    study = create_or_resume(config, url)
+    data = _load_data(config)
+    fix_max_lrs(study, config, data, threads=config.train.threads)
+    fail_dead_workers(study)
+    if config.sampler == "grid":
+        enqueue_missing_cells(study, config)
+    run_workers(config, url, workers or config.workers, on_progress)
+    study = load_existing(config.name, open_storage(url))
+    evaluate_on_test(study, config, data, threads=config.train.threads)
+    out_dir = root / config.name
+    summary = write_results(study, config, out_dir, url=url,
+                            wall_time=time.perf_counter() - started)
+    return SweepResult(study_name=config.name, storage=url, out_dir=out_dir, summary=summary)
