@@ -86,7 +86,8 @@ class Objective:
             raise optuna.TrialPruned("grid queue empty: no cell to claim")
         params = suggest(trial, self.config.search, self.base)
         max_lr = self.max_lrs[params["batch_size"]]
-        trial.set_user_attr("cell", cell_key(params))
+        searched = self.config.search.axes()
+        trial.set_user_attr("cell", cell_key({name: params[name] for name in searched}))
         trial.set_user_attr("max_lr", max_lr)
         epochs = self.base.epochs
         runs: list[dict[str, Any]] = []

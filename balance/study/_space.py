@@ -11,7 +11,11 @@ from balance.config import SEARCHED, FloatRange, SearchSpace, TrainConfig
 
 
 def cell_key(params: dict[str, Any]) -> str:
-    """A stable text key of one configuration, e.g. ``weight_decay=0.0005|dropout=0.1|...``."""
+    """A stable text key of the searched values, e.g. ``weight_decay=0.0005|dropout=0.1``.
+
+    Only searched parameters belong in ``params``: the key of a queued cell and of
+    the trial that trains it must be equal.
+    """
     return "|".join(f"{name}={params[name]!r}" for name in SEARCHED if name in params)
 
 

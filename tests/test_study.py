@@ -1,0 +1,171 @@
+"""Optuna studies on real storage with real (tiny) training: coverage, resume, workers, pruning."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from balance.analysis import audit, trials_frame
+from balance.config import ConfigError, StudyConfig, build
+from balance.study import cell_key, grid_cells, open_storage, sweep
+from balance.study import _learning_rate as learning_rate_module
+
+TESTS = Path(__file__).parent
+
+
+def tiny_study(name: str, **overrides: Any) -> StudyConfig:
+    """A digits/mlp grid of 2 x 2 x 1 cells, one epoch per run: a trial takes well under 1 s."""
+    values: dict[str, Any] = {
+        "name": name,
+        "sampler": "grid",
+        "seeds": 1,
+        "train": {"data": "digits", "model": "mlp", "epochs": 1, "batch_size": 64,
+                  "threads": 1, "max_lr": 0.1},
+        "range_test": {"num_steps": 20},
+        "search": {"weight_decay": [0.0, 1e-3], "dropout": [0.0, 0.2]},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    return build(StudyConfig, values)  # type: ignore[no-any-return]
+
+
+def load(config: StudyConfig, root: Path) -> optuna.Study:
+    url = str((root / config.name / "study.journal").resolve())
+    return optuna.load_study(study_name=config.name, storage=open_storage(url))
+
+
+def trained_cells(study: optuna.Study) -> list[str]:
+    return [t.user_attrs["cell"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
+
+
+def test_grid_trains_every_cell_exactly_once(tmp_path: Path) -> None:
+    config = tiny_study("grid-once", search={"batch_size": [32, 64]})
+    result = sweep(config, root=tmp_path)
+    study = load(config, tmp_path)
+    expected = sorted(cell_key(cell) for cell in grid_cells(config.search))
+    assert sorted(trained_cells(study)) == expected
+    assert result.summary["audit"]["missing"] == []
+    assert result.summary["audit"]["duplicated"] == []
+    assert (tmp_path / "grid-once" / "trials.parquet").stat().st_size > 0
+    frame = json.loads((tmp_path / "grid-once" / "summary.json").read_text())
+    assert frame["best"]["params"].keys() == {"weight_decay", "dropout", "batch_size"}
+    assert frame["test"]["chosen"]["test_accuracy"] > 0.5
+
+
+def test_rerun_resumes_without_repeating_cells_or_the_range_test(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tiny_study("resume", train={"max_lr": None})
+    sweep(config, root=tmp_path)
+    first = load(config, tmp_path)
+    tests_before = first.user_attrs["range_tests"]
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("stage 1 ran again on resume")
+
+    monkeypatch.setattr(learning_rate_module, "find_max_lr", refuse)
+    sweep(config, root=tmp_path)
+    study = load(config, tmp_path)
+    assert len(study.trials) == 4
+    assert study.user_attrs["range_tests"] == tests_before
+    assert sorted(trained_cells(study)) == sorted(set(trained_cells(study)))
+
+
+def test_stored_study_with_another_space_is_refused(tmp_path: Path) -> None:
+    sweep(tiny_study("space"), root=tmp_path)
+    changed = tiny_study("space", search={"dropout": [0.0, 0.3]})
+    with pytest.raises(ConfigError, match="different search"):
+        sweep(changed, root=tmp_path)
+    assert len(load(changed, tmp_path).trials) == 4
+
+
+def test_diverging_cell_is_failed_with_its_reason_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    # weight decay 1e4 at lr 0.1 multiplies weights by about -1000 per step: non-finite at once.
+    config = tiny_study("diverge", search={"weight_decay": [0.0, 1e4], "dropout": [0.0]})
+    result = sweep(config, root=tmp_path)
+    study = load(config, tmp_path)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 1
+    reason = failed[0].user_attrs["diverged"]
+    assert reason["step"] >= 0 and reason["lr"] > 0
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 1
+    assert result.summary["diverged"] == 1
+    assert result.summary["audit"]["missing"] == []
+
+
+def test_pruned_trials_are_recorded_as_pruned_with_their_partial_curve(tmp_path: Path) -> None:
+    config = tiny_study(
+        "prune",
+        sampler="random",
+        pruner="median",
+        n_trials=12,
+        train={"epochs": 4},
+        search={"weight_decay": [0.0], "dropout": {"low": 0.0, "high": 0.95}},
+    )
+    result = sweep(config, root=tmp_path)
+    study = load(config, tmp_path)
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert pruned, "expected the median pruner to stop at least one high-dropout trial"
+    for trial in pruned:
+        run = trial.user_attrs["runs"][0]
+        # the partial curve ends at the epoch the pruner stopped, its last report
+        assert run["curve"]["epoch"] == sorted(trial.intermediate_values)
+    frame = trials_frame(study, config)
+    assert (frame["state"] == "pruned").sum() == len(pruned)
+    assert result.summary["trials"]["pruned"] == len(pruned)
+
+
+def test_two_local_workers_share_one_study_without_duplicates(tmp_path: Path) -> None:
+    config = tiny_study("two-workers", workers=2,
+                        search={"weight_decay": [0.0, 1e-4, 1e-3], "dropout": [0.0, 0.2]})
+    result = sweep(config, root=tmp_path)
+    study = load(config, tmp_path)
+    pids = {t.user_attrs["worker"]["pid"] for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert len(pids) == 2, "both worker processes should have trained cells"
+    assert sorted(trained_cells(study)) == sorted(cell_key(c) for c in grid_cells(config.search))
+    assert result.summary["audit"]["duplicated"] == []
+
+
+SWEEP_SCRIPT = """
+import sys
+from pathlib import Path
+from balance.config import StudyConfig
+from balance.study import sweep
+config = StudyConfig.model_validate_json(Path(sys.argv[1]).read_text())
+sweep(config, root=Path(sys.argv[2]))
+"""
+
+
+def test_worker_killed_mid_trial_is_resumed_without_loss_or_repeats(tmp_path: Path) -> None:
+    config = tiny_study("killed", train={"model": "tests.plugins.crash_model:model"})
+    config_file = tmp_path / "study.json"
+    config_file.write_text(config.model_dump_json())
+    env = {**os.environ, "BALANCE_TEST_CRASH_DIR": str(tmp_path), "BALANCE_TEST_CRASH_AT": "3",
+           "PYTHONPATH": f"{TESTS.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    command = [sys.executable, "-c", SWEEP_SCRIPT, str(config_file), str(tmp_path)]
+    killed = subprocess.run(command, env=env, capture_output=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+    study = load(config, tmp_path)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+    assert len(study.get_trials(states=(TrialState.RUNNING,))) == 1
+
+    finished = subprocess.run(command, env=env, capture_output=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+    study = load(config, tmp_path)
+    dead = study.get_trials(states=(TrialState.FAIL,))
+    assert [t.user_attrs["fail_reason"] for t in dead] == ["worker died"]
+    assert sorted(trained_cells(study)) == sorted(cell_key(c) for c in grid_cells(config.search))
+    frame = trials_frame(study, config)
+    report = audit(frame, config)
+    assert report["missing"] == [] and report["duplicated"] == []
