@@ -9,8 +9,10 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import random
 import struct
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -95,7 +97,13 @@ def _mnist1d_arrays() -> dict[str, np.ndarray]:
     from mnist1d.data import get_dataset_args, make_dataset
 
     # make_dataset builds from templates; get_dataset (the download path) is never used.
-    generated = make_dataset(get_dataset_args())
+    # It reseeds the global `random` and NumPy generators: put the caller's state back.
+    random_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        generated = make_dataset(get_dataset_args())
+    finally:
+        random.setstate(random_state)
+        np.random.set_state(numpy_state)
     arrays = {
         "x": generated["x"].astype(np.float32),
         "y": generated["y"].astype(np.int64),
@@ -141,13 +149,15 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as handle:
             raw = handle.read()
-    except OSError as error:
+    except (OSError, EOFError, zlib.error) as error:  # EOFError: a truncated .gz
         raise ConfigError(f"data_path: cannot read {path}: {error}") from None
     if len(raw) < 4:
         raise ConfigError(f"data_path: {path} is not an idx file (only {len(raw)} bytes)")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != 0x08 or ndim == 0:
         raise ConfigError(f"data_path: {path} is not an unsigned-byte idx file (bad magic)")
+    if len(raw) < 4 + 4 * ndim:
+        raise ConfigError(f"data_path: {path} ends inside its idx header ({len(raw)} bytes)")
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     body = raw[4 + 4 * ndim :]
     expected = int(np.prod(shape))
@@ -158,10 +168,18 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
-def _load_idx_set(folder: Path | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    assert folder is not None  # config validation guarantees data_path for this set
+def _require_folder(folder: Path | None) -> Path:
+    # TrainConfig demands data_path for these sets; load_dataset called directly does not.
+    if folder is None:
+        raise ConfigError("data_path: required for this data set, got None")
+    folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"data_path: {folder} is not a folder")
+    return folder
+
+
+def _load_idx_set(folder: Path | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    folder = _require_folder(folder)
     parts = []
     for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                  "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
@@ -186,19 +204,17 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             batch = pickle.load(handle, encoding="bytes")
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as error:
-        raise ConfigError(f"data_path: {path} is not a CIFAR-10 python batch ({error})") from None
+    except Exception as error:  # a malformed pickle can raise almost anything
+        raise ConfigError(f"data_path: {path} is not a CIFAR-10 python batch ({error!r})") from None
     if len(data) != len(labels):
         raise ConfigError(f"data_path: {path} has {len(data)} images but {len(labels)} labels")
     return data, labels
 
 
 def _load_cifar10(folder: Path | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    assert folder is not None
+    folder = _require_folder(folder)
     if (folder / "cifar-10-batches-py").is_dir():
         folder = folder / "cifar-10-batches-py"
-    if not folder.is_dir():
-        raise ConfigError(f"data_path: {folder} is not a folder")
     train_files = sorted(folder.glob("data_batch_*"))
     if not train_files:
         raise ConfigError(f"data_path: no data_batch_* files in {folder}")
@@ -225,13 +241,32 @@ LOADERS: dict[str, Loader] = {
 
 
 def _load_user(spec: str, path: Path | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    result = import_object(spec, "data")(path) if path else import_object(spec, "data")()
+    function = import_object(spec, "data")
+    result = function(path) if path is not None else function()
     if not (isinstance(result, tuple) and len(result) == 4):
         raise ConfigError(
             f"data: {spec!r} must return (x_train, y_train, x_test, y_test), got {type(result)}"
         )
     x_tr, y_tr, x_te, y_te = (torch.as_tensor(part) for part in result)
     return x_tr.float(), y_tr.long(), x_te.float(), y_te.long()
+
+
+def _check_arrays(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor) -> None:
+    # A user loader's mismatch would otherwise pair images with the wrong labels silently.
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if y.dim() != 1 or len(x) != len(y):
+            raise ConfigError(
+                f"data: {split} inputs {tuple(x.shape)} and labels {tuple(y.shape)} do not match"
+            )
+        if len(y) and int(y.min()) < 0:
+            raise ConfigError(
+                f"data: {split} labels must be class indices >= 0, got {int(y.min())}"
+            )
+    if x_test.shape[1:] != x_train.shape[1:]:
+        raise ConfigError(
+            f"data: test inputs {tuple(x_test.shape[1:])} and training inputs "
+            f"{tuple(x_train.shape[1:])} differ in shape"
+        )
 
 
 def _standardize(
@@ -265,10 +300,13 @@ def load_dataset(
     else:
         x_full, y_full, x_test, y_test = _load_user(name, data_path)
     if x_full.dim() == 1:
-        raise ConfigError(f"data: inputs must have a batch dimension, got shape {tuple(x_full.shape)}")
+        raise ConfigError(
+            f"data: inputs must have a batch dimension, got shape {tuple(x_full.shape)}"
+        )
     if x_full.dim() == 2:  # flat features become one channel
         x_full, x_test = x_full.unsqueeze(1), x_test.unsqueeze(1)
-    n_val = int(round(len(x_full) * validation_fraction))
+    _check_arrays(x_full, y_full, x_test, y_test)
+    n_val = round(len(x_full) * validation_fraction)
     if n_val < 1 or n_val >= len(x_full):
         raise ConfigError(
             f"validation_fraction: {validation_fraction} of {len(x_full)} training examples "

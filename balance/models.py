@@ -69,7 +69,9 @@ def convnet(input_shape: tuple[int, ...], num_classes: int, dropout: float,
             width: int = 32) -> nn.Module:
     """A small VGG-style convnet for 28x28 and 32x32 images: three conv-pool stages."""
     if len(input_shape) != 3:
-        raise ConfigError(f"model: convnet needs (channels, height, width) inputs, got {input_shape}")
+        raise ConfigError(
+            f"model: convnet needs (channels, height, width) inputs, got {input_shape}"
+        )
     c_in = input_shape[0]
     return nn.Sequential(
         *_conv2d_block(c_in, width), nn.MaxPool2d(2),
@@ -110,7 +112,9 @@ class CifarResNet(nn.Module):
         if (depth - 2) % 6 != 0:
             raise ConfigError(f"model: CIFAR ResNet depth must be 6n+2, got {depth}")
         if len(input_shape) != 3:
-            raise ConfigError(f"model: resnet needs (channels, height, width) inputs, got {input_shape}")
+            raise ConfigError(
+                f"model: resnet needs (channels, height, width) inputs, got {input_shape}"
+            )
         blocks = (depth - 2) // 6
         self.stem = nn.Sequential(*_conv2d_block(input_shape[0], 16))
         layers: list[nn.Module] = []

@@ -20,7 +20,7 @@ from torch.optim.lr_scheduler import (
     OneCycleLR,
 )
 
-from balance.config import TrainConfig
+from balance.config import ConfigError, TrainConfig
 
 STEP_MILESTONES = (0.5, 0.75)  # baseline "step": LR x0.1 at half and at three quarters
 
@@ -35,8 +35,20 @@ class ScheduleTrace(NamedTuple):
 def build_scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int, max_lr: float
 ) -> LRScheduler:
-    """The scheduler of ``config.policy``, to be stepped once per optimizer step."""
+    """The scheduler of ``config.policy``, to be stepped once per optimizer step.
+
+    Raises:
+        ConfigError: a 1cycle whose rise is shorter than two steps (OneCycleLR would
+            never reach ``max_lr``, or divide by zero).
+    """
     if config.one_cycle:
+        rise = config.resolved_pct_start * total_steps
+        if rise < 2:
+            raise ConfigError(
+                f"epochs: the {config.policy} 1cycle needs pct_start x steps >= 2, got "
+                f"{config.resolved_pct_start} x {total_steps} = {rise:g}; "
+                "train for more epochs or use a smaller batch_size"
+            )
         return OneCycleLR(
             optimizer,
             max_lr=max_lr,
