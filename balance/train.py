@@ -176,6 +176,10 @@ def fit(
                 step=at, lr=lr_trace[at], loss=losses[bad]
             )
         val_loss, val_accuracy = evaluate(model, data.x_val, data.y_val)
+        if not math.isfinite(val_loss):  # the epoch's last update blew the weights up
+            return history, lr_trace, _momenta(momentum_trace), train_time, Divergence(
+                step=step - 1, lr=lr_trace[-1], loss=val_loss
+            )
         metrics = EpochMetrics(
             epoch=epoch,
             step=step,
