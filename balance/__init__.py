@@ -1,1 +1,67 @@
-"""balance: the regularization balance of a network under super-convergence."""
+"""balance: the regularization balance of a network under super-convergence.
+
+The public API, imported lazily so that ``balance --help`` does not pay for torch:
+
+- :func:`train` and :class:`TrainConfig`: one run under 1cycle (or a baseline schedule).
+- :func:`find_max_lr`, :func:`range_test` and :class:`RangeTestConfig`: the LR range test.
+- :func:`load_study_file`, :func:`sweep`, :func:`run_worker`: Optuna studies.
+- :func:`build_report`: the HTML report of a study.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from balance.config import (
+        ConfigError,
+        RangeTestConfig,
+        StudyConfig,
+        TrainConfig,
+        load_study_file,
+    )
+    from balance.range_test import RangeTestResult, find_max_lr, range_test
+    from balance.report import build_report
+    from balance.study import preflight, run_worker, sweep
+    from balance.train import TrainResult, train
+
+_EXPORTS = {
+    "ConfigError": "balance.config",
+    "RangeTestConfig": "balance.config",
+    "StudyConfig": "balance.config",
+    "TrainConfig": "balance.config",
+    "load_study_file": "balance.config",
+    "RangeTestResult": "balance.range_test",
+    "find_max_lr": "balance.range_test",
+    "range_test": "balance.range_test",
+    "build_report": "balance.report",
+    "preflight": "balance.study",
+    "run_worker": "balance.study",
+    "sweep": "balance.study",
+    "TrainResult": "balance.train",
+    "train": "balance.train",
+}
+
+__all__ = [
+    "ConfigError",
+    "RangeTestConfig",
+    "RangeTestResult",
+    "StudyConfig",
+    "TrainConfig",
+    "TrainResult",
+    "build_report",
+    "find_max_lr",
+    "load_study_file",
+    "preflight",
+    "range_test",
+    "run_worker",
+    "sweep",
+    "train",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'balance' has no attribute {name!r}")

@@ -81,7 +81,7 @@ def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -132,8 +132,12 @@ def _load_digits(_: Path | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x = (digits.images.astype(np.float32) / 16.0)[:, None]
     y = digits.target.astype(np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
-    return (torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te),
-            torch.from_numpy(y_te))
+    return (
+        torch.from_numpy(x_tr),
+        torch.from_numpy(y_tr),
+        torch.from_numpy(x_te),
+        torch.from_numpy(y_te),
+    )
 
 
 def _find_file(folder: Path, stem: str, field: str = "data_path") -> Path:
@@ -181,8 +185,12 @@ def _require_folder(folder: Path | None) -> Path:
 def _load_idx_set(folder: Path | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     folder = _require_folder(folder)
     parts = []
-    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for stem in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         parts.append(read_idx(_find_file(folder, stem)))
     x_tr, y_tr, x_te, y_te = parts
     for images, labels, split in ((x_tr, y_tr, "train"), (x_te, y_te, "t10k")):
@@ -225,8 +233,12 @@ def _load_cifar10(folder: Path | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x_te, y_te = _read_cifar_batch(test_file)
     x_tr = np.concatenate([x for x, _ in train])
     y_tr = np.concatenate([y for _, y in train])
-    return (torch.from_numpy(x_tr.astype(np.float32) / 255.0), torch.from_numpy(y_tr),
-            torch.from_numpy(x_te.astype(np.float32) / 255.0), torch.from_numpy(y_te))
+    return (
+        torch.from_numpy(x_tr.astype(np.float32) / 255.0),
+        torch.from_numpy(y_tr),
+        torch.from_numpy(x_te.astype(np.float32) / 255.0),
+        torch.from_numpy(y_te),
+    )
 
 
 Loader = Callable[[Path | None], tuple[Tensor, Tensor, Tensor, Tensor]]
@@ -269,9 +281,7 @@ def _check_arrays(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tens
         )
 
 
-def _standardize(
-    x_train: Tensor, *others: Tensor
-) -> tuple[Tensor, ...]:
+def _standardize(x_train: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
     # Per-channel statistics of the training split only, so validation and test leak nothing.
     dims = [0, *range(2, x_train.dim())]
     mean = x_train.mean(dim=dims, keepdim=True)

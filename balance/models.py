@@ -18,8 +18,9 @@ from balance.plugins import import_object
 ModelFactory = Callable[[tuple[int, ...], int, float], nn.Module]
 
 
-def mlp(input_shape: tuple[int, ...], num_classes: int, dropout: float, width: int = 256,
-        depth: int = 2) -> nn.Module:
+def mlp(
+    input_shape: tuple[int, ...], num_classes: int, dropout: float, width: int = 256, depth: int = 2
+) -> nn.Module:
     """A ReLU multilayer perceptron on flattened inputs, dropout after each hidden layer."""
     layers: list[nn.Module] = [nn.Flatten()]
     features = math.prod(input_shape)
@@ -38,8 +39,9 @@ def _conv1d_block(c_in: int, c_out: int, kernel: int, stride: int) -> list[nn.Mo
     ]
 
 
-def cnn1d(input_shape: tuple[int, ...], num_classes: int, dropout: float,
-          channels: int = 64) -> nn.Module:
+def cnn1d(
+    input_shape: tuple[int, ...], num_classes: int, dropout: float, channels: int = 32
+) -> nn.Module:
     """A three-layer 1-D CNN for MNIST-1D (``(C, L)`` inputs), dropout before the classifier."""
     if len(input_shape) != 2:
         raise ConfigError(f"model: cnn1d needs (channels, length) inputs, got {input_shape}")
@@ -65,8 +67,9 @@ def _conv2d_block(c_in: int, c_out: int) -> list[nn.Module]:
     ]
 
 
-def convnet(input_shape: tuple[int, ...], num_classes: int, dropout: float,
-            width: int = 32) -> nn.Module:
+def convnet(
+    input_shape: tuple[int, ...], num_classes: int, dropout: float, width: int = 32
+) -> nn.Module:
     """A small VGG-style convnet for 28x28 and 32x32 images: three conv-pool stages."""
     if len(input_shape) != 3:
         raise ConfigError(
@@ -74,9 +77,12 @@ def convnet(input_shape: tuple[int, ...], num_classes: int, dropout: float,
         )
     c_in = input_shape[0]
     return nn.Sequential(
-        *_conv2d_block(c_in, width), nn.MaxPool2d(2),
-        *_conv2d_block(width, 2 * width), nn.MaxPool2d(2),
-        *_conv2d_block(2 * width, 4 * width), nn.AdaptiveMaxPool2d(1),
+        *_conv2d_block(c_in, width),
+        nn.MaxPool2d(2),
+        *_conv2d_block(width, 2 * width),
+        nn.MaxPool2d(2),
+        *_conv2d_block(2 * width, 4 * width),
+        nn.AdaptiveMaxPool2d(1),
         nn.Flatten(),
         nn.Dropout(dropout),
         nn.Linear(4 * width, num_classes),
@@ -106,8 +112,9 @@ class _BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """He et al.'s CIFAR ResNet (depth 6n+2: 16/32/64 channels), dropout before the classifier."""
 
-    def __init__(self, depth: int, input_shape: tuple[int, ...], num_classes: int,
-                 dropout: float) -> None:
+    def __init__(
+        self, depth: int, input_shape: tuple[int, ...], num_classes: int, dropout: float
+    ) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ConfigError(f"model: CIFAR ResNet depth must be 6n+2, got {depth}")
@@ -155,8 +162,9 @@ MODELS: dict[str, ModelFactory] = {
 }
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int,
-                dropout: float) -> nn.Module:
+def build_model(
+    name: str, input_shape: tuple[int, ...], num_classes: int, dropout: float
+) -> nn.Module:
     """Build a model by name, or call a user's ``"module:function"`` with the same arguments."""
     if name in MODELS:
         return MODELS[name](input_shape, num_classes, dropout)

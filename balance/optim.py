@@ -23,7 +23,8 @@ def parameter_groups(
     model: nn.Module, weight_decay: float, decay_norm_and_bias: bool = False
 ) -> list[dict[str, Any]]:
     """Split trainable parameters into a decayed and a non-decayed group."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for parameter in model.parameters():
         if not parameter.requires_grad:
             continue

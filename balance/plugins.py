@@ -17,4 +17,4 @@ def import_object(spec: str, field: str) -> Callable[..., object]:
         raise ConfigError(f"{field}: cannot import {spec!r}: {error}") from None
     if not callable(function):
         raise ConfigError(f"{field}: {spec!r} is not callable")
-    return function  # type: ignore[no-any-return]
+    return function

@@ -85,7 +85,7 @@ def schedule_values(config: TrainConfig, total_steps: int, max_lr: float) -> Sch
     scheduler = build_scheduler(optimizer, config, total_steps, max_lr)
     lrs, momenta = [], []
     for _ in range(total_steps):
-        lrs.append(scheduler.get_last_lr()[0])
+        lrs.append(float(scheduler.get_last_lr()[0]))
         momenta.append(current_momentum(optimizer))
         optimizer.step()
         scheduler.step()

@@ -105,8 +105,9 @@ def set_threads(threads: int | None) -> None:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = EVAL_BATCH_SIZE
-             ) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, x: Tensor, y: Tensor, batch_size: int = EVAL_BATCH_SIZE
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on ``(x, y)`` in eval mode."""
     was_training = model.training
     model.eval()
@@ -156,8 +157,9 @@ def fit(
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         first = step
-        for xb, yb in epoch_batches(data.x_train, data.y_train, batch_size, generator,
-                                    augment=augment):
+        for xb, yb in epoch_batches(
+            data.x_train, data.y_train, batch_size, generator, augment=augment
+        ):
             lr_trace.append(group["lr"])
             momentum_trace.append(group[momentum_key])
             loss = criterion(model(xb), yb)
@@ -172,13 +174,21 @@ def fit(
         bad = next((i for i, value in enumerate(losses) if not math.isfinite(value)), None)
         if bad is not None:
             at = first + bad
-            return history, lr_trace, _momenta(momentum_trace), train_time, Divergence(
-                step=at, lr=lr_trace[at], loss=losses[bad]
+            return (
+                history,
+                lr_trace,
+                _momenta(momentum_trace),
+                train_time,
+                Divergence(step=at, lr=lr_trace[at], loss=losses[bad]),
             )
         val_loss, val_accuracy = evaluate(model, data.x_val, data.y_val)
         if not math.isfinite(val_loss):  # the epoch's last update blew the weights up
-            return history, lr_trace, _momenta(momentum_trace), train_time, Divergence(
-                step=step - 1, lr=lr_trace[-1], loss=val_loss
+            return (
+                history,
+                lr_trace,
+                _momenta(momentum_trace),
+                train_time,
+                Divergence(step=step - 1, lr=lr_trace[-1], loss=val_loss),
             )
         metrics = EpochMetrics(
             epoch=epoch,
@@ -201,15 +211,19 @@ def _momenta(trace: list[Any]) -> list[float]:
     return [value[0] if isinstance(value, tuple) else value for value in trace]
 
 
-def prepare(config: TrainConfig, data: Dataset | None = None
-            ) -> tuple[Dataset, nn.Module, torch.device]:
+def prepare(
+    config: TrainConfig, data: Dataset | None = None
+) -> tuple[Dataset, nn.Module, torch.device]:
     """Seed, pick the device, load the data onto it and build the model."""
     set_threads(config.threads)
     device = resolve_device(config.device)
     if data is None:
-        data = load_dataset(config.data, data_path=config.data_path,
-                            validation_fraction=config.validation_fraction,
-                            split_seed=config.split_seed)
+        data = load_dataset(
+            config.data,
+            data_path=config.data_path,
+            validation_fraction=config.validation_fraction,
+            split_seed=config.split_seed,
+        )
     if config.batch_size > len(data.x_train):
         raise ConfigError(
             f"batch_size: {config.batch_size} is larger than the training split "
@@ -253,9 +267,16 @@ def train(
     scheduler = build_scheduler(optimizer, config, config.epochs * steps_per_epoch, config.max_lr)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     history, lrs, momenta, train_time, diverged = fit(
-        model, optimizer, scheduler, data,
-        epochs=config.epochs, batch_size=config.batch_size, generator=generator,
-        augment=config.augment, callback=callback, track_test=track_test,
+        model,
+        optimizer,
+        scheduler,
+        data,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        generator=generator,
+        augment=config.augment,
+        callback=callback,
+        track_test=track_test,
     )
     test_loss = test_accuracy = None
     if (evaluate_test or track_test) and diverged is None:

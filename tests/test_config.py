@@ -29,7 +29,7 @@ def test_default_train_config_is_valid_and_names_its_defaults() -> None:
 def test_default_range_test_config_is_valid() -> None:
     config = RangeTestConfig()
     assert config.start_lr < config.end_lr
-    assert config.rule == "valley"
+    assert config.rule == "steepest"
 
 
 def test_pct_start_defaults_per_policy_and_an_explicit_value_wins() -> None:
@@ -138,8 +138,14 @@ def test_build_reports_every_problem_at_once_in_one_line() -> None:
         build(TrainConfig, {"batch_size": 0, "dropout": 1.0, "weight_decay": -1.0})
     message = str(caught.value)
     assert "\n" not in message
-    for part in ("batch_size: ", "(got 0)", "dropout: ", "(got 1.0)",
-                 "weight_decay: ", "(got -1.0)"):
+    for part in (
+        "batch_size: ",
+        "(got 0)",
+        "dropout: ",
+        "(got 1.0)",
+        "weight_decay: ",
+        "(got -1.0)",
+    ):
         assert part in message
 
 
@@ -155,7 +161,9 @@ def test_format_validation_error_gives_one_line_per_problem() -> None:
     assert len(lines) == 3
     assert all("\n" not in line for line in lines)
     assert sorted(line.split(":")[0] for line in lines) == [
-        "train.batch_size", "train.colour", "train.epochs"
+        "train.batch_size",
+        "train.colour",
+        "train.epochs",
     ]
     assert any(line.endswith("(got None)") for line in lines)
     assert any(line.endswith("(got 'red')") for line in lines)

@@ -142,12 +142,18 @@ def test_user_data_gets_the_data_path_when_one_is_given(
     ("body", "message"),
     [
         ("return [1, 2]", "must return"),
-        ("return torch.rand(10, 3), torch.arange(9), torch.rand(4, 3), torch.arange(4)",
-         "train inputs"),
-        ("return torch.rand(10, 3), torch.arange(10), torch.rand(4, 5), torch.arange(4)",
-         "differ in shape"),
-        ("return torch.rand(10, 3), torch.arange(10) - 1, torch.rand(4, 3), torch.arange(4)",
-         "class indices >= 0, got -1"),
+        (
+            "return torch.rand(10, 3), torch.arange(9), torch.rand(4, 3), torch.arange(4)",
+            "train inputs",
+        ),
+        (
+            "return torch.rand(10, 3), torch.arange(10), torch.rand(4, 5), torch.arange(4)",
+            "differ in shape",
+        ),
+        (
+            "return torch.rand(10, 3), torch.arange(10) - 1, torch.rand(4, 3), torch.arange(4)",
+            "class indices >= 0, got -1",
+        ),
     ],
 )
 def test_a_user_data_function_returning_mismatched_arrays_is_a_config_error(
@@ -207,8 +213,12 @@ def test_mnist1d_is_generated_from_templates_cached_as_npz_and_reread(
 
 # --- idx files (MNIST, Fashion-MNIST) -------------------------------------------------
 
-IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_STEMS = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -357,8 +367,9 @@ def test_cifar10_rows_become_channel_planes(tmp_path: Path) -> None:
     data = load_dataset("cifar10", data_path=folder)
     # Channel 0 of an image is the first 1024 bytes of its row (the red plane).
     red = torch.from_numpy(batch[b"data"][1, :1024].astype(np.float32)).reshape(32, 32)  # type: ignore[index]
-    assert torch.equal(data.x_test[1, 0].flatten().argsort(stable=True),
-                       red.flatten().argsort(stable=True))
+    assert torch.equal(
+        data.x_test[1, 0].flatten().argsort(stable=True), red.flatten().argsort(stable=True)
+    )
 
 
 def test_cifar10_without_test_batch_is_a_config_error(tmp_path: Path) -> None:

@@ -29,8 +29,9 @@ def test_one_cycle_starts_at_max_lr_over_div_factor(policy: str) -> None:
     assert lr[0] == pytest.approx(MAX_LR / 20.0)
 
 
-@pytest.mark.parametrize(("policy", "pct_start"), [("smith", 0.3), ("smith", 0.45),
-                                                  ("fastai", 0.25), ("fastai", 0.6)])
+@pytest.mark.parametrize(
+    ("policy", "pct_start"), [("smith", 0.3), ("smith", 0.45), ("fastai", 0.25), ("fastai", 0.6)]
+)
 def test_one_cycle_peaks_at_max_lr_after_pct_start_of_the_steps(
     policy: str, pct_start: float
 ) -> None:
@@ -86,8 +87,7 @@ def test_fastai_is_cosine_in_each_phase() -> None:
 @pytest.mark.parametrize("policy", ["smith", "fastai"])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
 def test_one_cycle_momentum_moves_inversely_to_the_lr(policy: str, optimizer: str) -> None:
-    lr, momentum = _trace(policy=policy, optimizer=optimizer,
-                          base_momentum=0.8, max_momentum=0.97)
+    lr, momentum = _trace(policy=policy, optimizer=optimizer, base_momentum=0.8, max_momentum=0.97)
     peak = int(lr.argmax())
     assert momentum[0] == pytest.approx(0.97)
     assert momentum[-1] == pytest.approx(0.97, abs=1e-3)
@@ -131,15 +131,19 @@ def test_a_one_cycle_too_short_to_rise_is_a_config_error(policy: str, steps: int
 
 @pytest.mark.parametrize(
     "options",
-    [{"policy": "smith", "optimizer": "sgd"}, {"policy": "fastai", "optimizer": "adam"},
-     {"policy": "step", "optimizer": "sgd"}],
+    [
+        {"policy": "smith", "optimizer": "sgd"},
+        {"policy": "fastai", "optimizer": "adam"},
+        {"policy": "step", "optimizer": "sgd"},
+    ],
     ids=["smith-sgd", "fastai-adam", "step-sgd"],
 )
 def test_training_follows_schedule_values_step_by_step(
     digits: Dataset, options: dict[str, Any]
 ) -> None:
-    config = TrainConfig(data="digits", model="mlp", max_lr=0.05, epochs=2, batch_size=64,
-                         threads=1, **options)
+    config = TrainConfig(
+        data="digits", model="mlp", max_lr=0.05, epochs=2, batch_size=64, threads=1, **options
+    )
     result = train(config, data=digits)
     planned = schedule_values(config, result.steps, 0.05)
     assert result.steps == 2 * 7  # 400 examples in batches of 64

@@ -15,8 +15,8 @@ from optuna.trial import TrialState
 
 from balance.analysis import audit, trials_frame
 from balance.config import ConfigError, StudyConfig, build
-from balance.study import cell_key, grid_cells, open_storage, sweep
 from balance.study import _learning_rate as learning_rate_module
+from balance.study import cell_key, grid_cells, open_storage, sweep
 
 TESTS = Path(__file__).parent
 
@@ -27,8 +27,14 @@ def tiny_study(name: str, **overrides: Any) -> StudyConfig:
         "name": name,
         "sampler": "grid",
         "seeds": 1,
-        "train": {"data": "digits", "model": "mlp", "epochs": 1, "batch_size": 64,
-                  "threads": 1, "max_lr": 0.1},
+        "train": {
+            "data": "digits",
+            "model": "mlp",
+            "epochs": 1,
+            "batch_size": 64,
+            "threads": 1,
+            "max_lr": 0.1,
+        },
         "range_test": {"num_steps": 20},
         "search": {"weight_decay": [0.0, 1e-3], "dropout": [0.0, 0.2]},
     }
@@ -127,8 +133,9 @@ def test_pruned_trials_are_recorded_as_pruned_with_their_partial_curve(tmp_path:
 
 
 def test_two_local_workers_share_one_study_without_duplicates(tmp_path: Path) -> None:
-    config = tiny_study("two-workers", workers=2,
-                        search={"weight_decay": [0.0, 1e-4, 1e-3], "dropout": [0.0, 0.2]})
+    config = tiny_study(
+        "two-workers", workers=2, search={"weight_decay": [0.0, 1e-4, 1e-3], "dropout": [0.0, 0.2]}
+    )
     result = sweep(config, root=tmp_path)
     study = load(config, tmp_path)
     pids = {t.user_attrs["worker"]["pid"] for t in study.get_trials(states=(TrialState.COMPLETE,))}
@@ -151,8 +158,12 @@ def test_worker_killed_mid_trial_is_resumed_without_loss_or_repeats(tmp_path: Pa
     config = tiny_study("killed", train={"model": "tests.plugins.crash_model:model"})
     config_file = tmp_path / "study.json"
     config_file.write_text(config.model_dump_json())
-    env = {**os.environ, "BALANCE_TEST_CRASH_DIR": str(tmp_path), "BALANCE_TEST_CRASH_AT": "3",
-           "PYTHONPATH": f"{TESTS.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {
+        **os.environ,
+        "BALANCE_TEST_CRASH_DIR": str(tmp_path),
+        "BALANCE_TEST_CRASH_AT": "3",
+        "PYTHONPATH": f"{TESTS.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
     command = [sys.executable, "-c", SWEEP_SCRIPT, str(config_file), str(tmp_path)]
     killed = subprocess.run(command, env=env, capture_output=True, timeout=300)
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]

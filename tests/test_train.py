@@ -19,8 +19,14 @@ from balance.train import EpochMetrics, TrainResult, train
 
 def _config(**options: Any) -> TrainConfig:
     # A small MLP on 400 digits: 7 steps an epoch, well under a second a run.
-    values: dict[str, Any] = {"data": "digits", "model": "mlp", "max_lr": 0.2, "epochs": 3,
-                              "batch_size": 64, "threads": 1}
+    values: dict[str, Any] = {
+        "data": "digits",
+        "model": "mlp",
+        "max_lr": 0.2,
+        "epochs": 3,
+        "batch_size": 64,
+        "threads": 1,
+    }
     return TrainConfig(**{**values, **options})
 
 
@@ -86,8 +92,9 @@ def test_an_exception_raised_in_the_callback_stops_the_run(digits: Dataset) -> N
 
 def test_a_huge_max_lr_ends_the_run_as_diverged_without_raising(digits: Dataset) -> None:
     seen: list[EpochMetrics] = []
-    result = train(_config(max_lr=1e6, epochs=4), data=digits, callback=seen.append,
-                   evaluate_test=True)
+    result = train(
+        _config(max_lr=1e6, epochs=4), data=digits, callback=seen.append, evaluate_test=True
+    )
     assert result.diverged is not None
     assert not math.isfinite(result.diverged.loss)
     assert 0 <= result.diverged.step < result.steps
@@ -109,8 +116,16 @@ def test_max_lr_none_is_a_config_error(digits: Dataset) -> None:
 
 
 def test_augment_on_non_image_data_is_a_config_error(digits: Dataset) -> None:
-    flat = Dataset("flat", digits.x_train.flatten(2), digits.y_train, digits.x_val.flatten(2),
-                   digits.y_val, digits.x_test.flatten(2), digits.y_test, 10)
+    flat = Dataset(
+        "flat",
+        digits.x_train.flatten(2),
+        digits.y_train,
+        digits.x_val.flatten(2),
+        digits.y_val,
+        digits.x_test.flatten(2),
+        digits.y_test,
+        10,
+    )
     with pytest.raises(ConfigError, match=r"^augment: needs image data"):
         train(_config(augment=True), data=flat)
 
@@ -221,8 +236,9 @@ def test_a_diverged_result_serializes_its_divergence(digits: Dataset) -> None:
     assert out["epochs"] == []
 
 
-def test_the_trained_model_is_returned_in_eval_ready_form(trained: TrainResult,
-                                                          digits: Dataset) -> None:
+def test_the_trained_model_is_returned_in_eval_ready_form(
+    trained: TrainResult, digits: Dataset
+) -> None:
     assert trained.model is not None
     trained.model.eval()
     with torch.inference_mode():

@@ -3,7 +3,12 @@
 from balance.study._learning_rate import fit_max_lrs, scale_lr
 from balance.study._objective import Objective, TrainingDiverged
 from balance.study._space import cell_key, grid_cells
-from balance.study._storage import default_storage_url, open_storage
+from balance.study._storage import (
+    default_storage_url,
+    is_file_storage,
+    open_storage,
+    storage_url,
+)
 from balance.study._sweep import (
     Progress,
     SweepResult,
@@ -11,6 +16,7 @@ from balance.study._sweep import (
     enqueue_missing_cells,
     evaluate_on_test,
     fail_dead_workers,
+    preflight,
     progress_of,
     run_worker,
     run_workers,
@@ -30,10 +36,13 @@ __all__ = [
     "fail_dead_workers",
     "fit_max_lrs",
     "grid_cells",
+    "is_file_storage",
     "open_storage",
+    "preflight",
     "progress_of",
     "run_worker",
     "run_workers",
     "scale_lr",
+    "storage_url",
     "sweep",
 ]

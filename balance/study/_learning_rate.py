@@ -33,8 +33,9 @@ def fit_max_lrs(
     else:
         tests[base.batch_size] = find_max_lr(base, config.range_test, data=data)
         reference = tests[base.batch_size].max_lr
-    return {size: scale_lr(reference, base.batch_size, size, config.lr_scaling)
-            for size in sizes}, tests
+    return {
+        size: scale_lr(reference, base.batch_size, size, config.lr_scaling) for size in sizes
+    }, tests
 
 
 def scale_lr(lr: float, from_size: int, to_size: int, rule: str) -> float:

@@ -35,8 +35,9 @@ def _curve(history: list[EpochMetrics]) -> dict[str, list[float]]:
     }
 
 
-def _run_record(seed: int, history: list[EpochMetrics], result: TrainResult | None
-                ) -> dict[str, Any]:
+def _run_record(
+    seed: int, history: list[EpochMetrics], result: TrainResult | None
+) -> dict[str, Any]:
     last = history[-1] if history else None
     record: dict[str, Any] = {
         "seed": seed,
@@ -64,14 +65,23 @@ class Objective:
     most the seed in flight.
     """
 
-    def __init__(self, config: StudyConfig, data: Dataset, max_lrs: dict[int, float], *,
-                 threads: int | None = None, device: str | None = None) -> None:
+    def __init__(
+        self,
+        config: StudyConfig,
+        data: Dataset,
+        max_lrs: dict[int, float],
+        *,
+        threads: int | None = None,
+        device: str | None = None,
+    ) -> None:
         self.config = config
         self.data = data
         self.max_lrs = max_lrs
         self.base = config.train.model_copy(
-            update={"threads": threads or config.train.threads,
-                    "device": device or config.train.device}
+            update={
+                "threads": threads or config.train.threads,
+                "device": device or config.train.device,
+            }
         )
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -95,8 +105,12 @@ class Objective:
             seed = self.base.seed + index
             history: list[EpochMetrics] = []
 
-            def report(metrics: EpochMetrics, index: int = index,
-                       history: list[EpochMetrics] = history, seed: int = seed) -> None:
+            def report(
+                metrics: EpochMetrics,
+                index: int = index,
+                history: list[EpochMetrics] = history,
+                seed: int = seed,
+            ) -> None:
                 history.append(metrics)
                 trial.report(metrics.val_accuracy, index * epochs + metrics.epoch)
                 if trial.should_prune():

@@ -8,7 +8,7 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage, RetryFailedTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-from balance.config import ConfigError
+from balance.config import ConfigError, StudyConfig
 
 JOURNAL_NAME = "study.journal"
 CONNECT_TIMEOUT_S = 10
@@ -20,6 +20,11 @@ MAX_RETRY = 2
 def default_storage_url(study_name: str, root: Path = Path("reports")) -> str:
     """The embedded default: a journal file under ``root/<study>/`` (an absolute path)."""
     return str((root / study_name / JOURNAL_NAME).resolve())
+
+
+def storage_url(config: StudyConfig, storage: str | None, root: Path) -> str:
+    """The storage a study uses: the argument, the study file's, or the default journal file."""
+    return storage or config.storage or default_storage_url(config.name, root)
 
 
 def is_file_storage(url: str) -> bool:
@@ -56,7 +61,8 @@ def open_storage(url: str) -> BaseStorage:
             failed_trial_callback=RetryFailedTrialCallback(max_retry=MAX_RETRY),
         )
     except ImportError as error:
-        raise ConfigError(f"storage: the driver for {url.split(':')[0]} is missing: {error}") from None
+        driver = url.split(":")[0]
+        raise ConfigError(f"storage: the driver for {driver} is missing: {error}") from None
     except Exception as error:  # SQLAlchemy raises many kinds; all mean "cannot reach it"
         reason = str(error).splitlines()[0]
         raise ConfigError(f"storage: cannot reach {_redact(url)}: {reason}") from None

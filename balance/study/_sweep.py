@@ -20,8 +20,8 @@ from balance.data import Dataset, load_dataset
 from balance.range_test import RangeTestResult
 from balance.study._learning_rate import fit_max_lrs
 from balance.study._objective import Objective, TrainingDiverged
-from balance.study._space import cell_key, grid_cells
-from balance.study._storage import default_storage_url, load_existing, open_storage
+from balance.study._space import batch_sizes, cell_key, grid_cells
+from balance.study._storage import load_existing, open_storage, storage_url
 from balance.train import train
 
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -48,17 +48,19 @@ class SweepResult:
     storage: str
     out_dir: Path
     summary: dict[str, Any]
+    report: Path
 
 
 def make_sampler(config: StudyConfig, worker_index: int = 0) -> optuna.samplers.BaseSampler:
     """The study's sampler; each worker gets its own seed (fixed seeds repeat across workers)."""
     seed = config.sampler_seed + worker_index
     if config.sampler == "grid":
-        return optuna.samplers.GridSampler(
-            {name: axis for name, axis in config.search.axes().items()}, seed=seed
-        )
+        axes = config.search.axes()
+        grid = {name: axis for name, axis in axes.items() if isinstance(axis, list)}
+        return optuna.samplers.GridSampler(grid, seed=seed)
     if config.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, config.n_trials or 10))
+        startup = min(10, config.n_trials or 10)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
     if config.sampler == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
@@ -71,22 +73,49 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, epochs // 4))
     if config.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=max(1, epochs // 8), max_resource=epochs * config.seeds,
+            min_resource=max(1, epochs // 8),
+            max_resource=epochs * config.seeds,
             reduction_factor=3,
         )
     return optuna.pruners.NopPruner()
 
 
-def storage_url(config: StudyConfig, storage: str | None, root: Path) -> str:
-    """The storage a study uses: the argument, the study file's, or the default journal file."""
-    return storage or config.storage or default_storage_url(config.name, root)
-
-
 def _load_data(config: StudyConfig) -> Dataset:
     train_config = config.train
-    return load_dataset(train_config.data, data_path=train_config.data_path,
-                        validation_fraction=train_config.validation_fraction,
-                        split_seed=train_config.split_seed)
+    return load_dataset(
+        train_config.data,
+        data_path=train_config.data_path,
+        validation_fraction=train_config.validation_fraction,
+        split_seed=train_config.split_seed,
+    )
+
+
+def preflight(config: StudyConfig) -> Dataset:
+    """Check what the schema cannot: the data loads, every batch size fits, the model builds.
+
+    Runs before the storage is touched, so a bad study file never creates or changes a study.
+
+    Raises:
+        ConfigError: every problem found, one per line in ``problems``.
+    """
+    from balance.models import build_model
+
+    data = _load_data(config)
+    problems = []
+    n_train = len(data.x_train)
+    for batch_size in batch_sizes(config.search, config.train):
+        if batch_size > n_train:
+            problems.append(
+                f"search.batch_size: {batch_size} is larger than the training split "
+                f"({n_train} examples)"
+            )
+    try:
+        build_model(config.train.model, data.input_shape, data.num_classes, config.train.dropout)
+    except ConfigError as error:
+        problems.append(str(error))
+    if problems:
+        raise ConfigError("; ".join(problems), problems)
+    return data
 
 
 def create_or_resume(config: StudyConfig, url: str) -> optuna.Study:
@@ -97,8 +126,12 @@ def create_or_resume(config: StudyConfig, url: str) -> optuna.Study:
     """
     storage = open_storage(url)
     study = optuna.create_study(
-        study_name=config.name, storage=storage, direction="maximize",
-        sampler=make_sampler(config), pruner=make_pruner(config), load_if_exists=True,
+        study_name=config.name,
+        storage=storage,
+        direction="maximize",
+        sampler=make_sampler(config),
+        pruner=make_pruner(config),
+        load_if_exists=True,
     )
     signature = json.loads(json.dumps(config.space_signature()))
     stored = study.user_attrs.get("signature")
@@ -121,12 +154,15 @@ def stored_max_lrs(study: optuna.Study) -> dict[int, float]:
 
 def stored_range_tests(study: optuna.Study) -> dict[int, RangeTestResult]:
     """The range tests stage 1 stored, by batch size."""
-    return {int(size): RangeTestResult.from_dict(test)
-            for size, test in study.user_attrs.get("range_tests", {}).items()}
+    return {
+        int(size): RangeTestResult.from_dict(test)
+        for size, test in study.user_attrs.get("range_tests", {}).items()
+    }
 
 
-def fix_max_lrs(study: optuna.Study, config: StudyConfig, data: Dataset,
-                threads: int | None = None) -> dict[int, float]:
+def fix_max_lrs(
+    study: optuna.Study, config: StudyConfig, data: Dataset, threads: int | None = None
+) -> dict[int, float]:
     """Stage 1, once per study: run the range tests and store their curves and LRs."""
     max_lrs = stored_max_lrs(study)
     if max_lrs:
@@ -181,8 +217,12 @@ def enqueue_missing_cells(study: optuna.Study, config: StudyConfig) -> int:
     for trial in study.get_trials(deepcopy=False):
         if trial.user_attrs.get("surplus"):
             continue
-        active = trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING,
-                                 TrialState.RUNNING)
+        active = trial.state in (
+            TrialState.COMPLETE,
+            TrialState.PRUNED,
+            TrialState.WAITING,
+            TrialState.RUNNING,
+        )
         if active or (trial.state == TrialState.FAIL and "diverged" in trial.user_attrs):
             key = _trial_cell(trial)
             if key is not None:
@@ -253,6 +293,12 @@ def run_worker(
     return ran
 
 
+def _worker_process(verbosity: int, *args: Any, **kwargs: Any) -> int:
+    # A loky worker starts with Optuna's default logging; keep the caller's level.
+    optuna.logging.set_verbosity(verbosity)
+    return run_worker(*args, **kwargs)
+
+
 def _worker_plan(config: StudyConfig, workers: int) -> list[tuple[int | None, str | None]]:
     """(threads, device) for each local worker: split the cores, or one worker per GPU."""
     import torch
@@ -265,8 +311,9 @@ def _worker_plan(config: StudyConfig, workers: int) -> list[tuple[int | None, st
     return [(threads, None)] * workers
 
 
-def run_workers(config: StudyConfig, url: str, workers: int,
-                on_progress: ProgressCallback | None = None) -> None:
+def run_workers(
+    config: StudyConfig, url: str, workers: int, on_progress: ProgressCallback | None = None
+) -> None:
     """Run ``workers`` local worker processes (joblib) and report progress while they work."""
     plan = _worker_plan(config, workers)
     if workers == 1:
@@ -275,12 +322,14 @@ def run_workers(config: StudyConfig, url: str, workers: int,
     from joblib import Parallel, delayed
 
     failure: list[BaseException] = []
+    verbosity = optuna.logging.get_verbosity()
 
     def launch() -> None:
         try:
             Parallel(n_jobs=workers, backend="loky")(
-                delayed(run_worker)(config, url, threads=threads, device=device,
-                                    worker_index=index)
+                delayed(_worker_process)(
+                    verbosity, config, url, threads=threads, device=device, worker_index=index
+                )
                 for index, (threads, device) in enumerate(plan)
             )
         except BaseException as error:  # re-raised in the calling thread below
@@ -307,8 +356,9 @@ def best_params(study: optuna.Study, config: StudyConfig) -> tuple[int, dict[str
     return best.number, params
 
 
-def evaluate_on_test(study: optuna.Study, config: StudyConfig, data: Dataset,
-                     threads: int | None = None) -> dict[str, Any]:
+def evaluate_on_test(
+    study: optuna.Study, config: StudyConfig, data: Dataset, threads: int | None = None
+) -> dict[str, Any]:
     """Train the chosen setting (and the baseline) once per seed and measure the test split.
 
     The test split chooses nothing: selection already happened on validation.
@@ -322,15 +372,17 @@ def evaluate_on_test(study: optuna.Study, config: StudyConfig, data: Dataset,
     chosen = config.train.model_copy(
         update={**params, "max_lr": max_lrs[params["batch_size"]], "threads": threads}
     )
-    final: dict[str, Any] = {"trial": number, "params": params,
-                             "chosen": _test_runs(chosen, config.seeds, data)}
+    final: dict[str, Any] = {
+        "trial": number,
+        "params": params,
+        "chosen": _test_runs(chosen, config.seeds, data),
+    }
     baseline = config.baseline_config
     if baseline is not None:
         if baseline.max_lr is None:
             baseline = baseline.model_copy(update={"max_lr": max_lrs.get(baseline.batch_size)})
         baseline = baseline.model_copy(update={"threads": threads})
-        final["baseline"] = {"config": config.baseline,
-                             **_test_runs(baseline, config.seeds, data)}
+        final["baseline"] = {"config": config.baseline, **_test_runs(baseline, config.seeds, data)}
     study.set_user_attr("final", final)
     return final
 
@@ -338,15 +390,18 @@ def evaluate_on_test(study: optuna.Study, config: StudyConfig, data: Dataset,
 def _test_runs(base: Any, seeds: int, data: Dataset) -> dict[str, Any]:
     runs = []
     for index in range(seeds):
-        result = train(base.model_copy(update={"seed": base.seed + index}), data=data,
-                       track_test=True)
-        runs.append({
-            "seed": base.seed + index,
-            "test_accuracy": result.test_accuracy,
-            "steps": [m.step for m in result.epochs],
-            "test_curve": [m.test_accuracy for m in result.epochs],
-            "diverged": result.diverged is not None,
-        })
+        result = train(
+            base.model_copy(update={"seed": base.seed + index}), data=data, track_test=True
+        )
+        runs.append(
+            {
+                "seed": base.seed + index,
+                "test_accuracy": result.test_accuracy,
+                "steps": [m.step for m in result.epochs],
+                "test_curve": [m.test_accuracy for m in result.epochs],
+                "diverged": result.diverged is not None,
+            }
+        )
     values = [run["test_accuracy"] for run in runs if run["test_accuracy"] is not None]
     mean = sum(values) / len(values) if values else None
     std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5 if mean is not None else None
@@ -371,11 +426,12 @@ def sweep(
         >>> result = sweep(load_study_file("studies/mnist1d-cnn.toml"))  # doctest: +SKIP
     """
     from balance.analysis import write_results
+    from balance.report import build_report
 
     started = time.perf_counter()
+    data = preflight(config)
     url = storage_url(config, storage, root)
     study = create_or_resume(config, url)
-    data = _load_data(config)
     fix_max_lrs(study, config, data, threads=config.train.threads)
     fail_dead_workers(study)
     if config.sampler == "grid":
@@ -384,6 +440,10 @@ def sweep(
     study = load_existing(config.name, open_storage(url))
     evaluate_on_test(study, config, data, threads=config.train.threads)
     out_dir = root / config.name
-    summary = write_results(study, config, out_dir, url=url,
-                            wall_time=time.perf_counter() - started)
-    return SweepResult(study_name=config.name, storage=url, out_dir=out_dir, summary=summary)
+    summary = write_results(
+        study, config, out_dir, url=url, wall_time=time.perf_counter() - started
+    )
+    report = build_report(config, storage=url, root=root)
+    return SweepResult(
+        study_name=config.name, storage=url, out_dir=out_dir, summary=summary, report=report
+    )

@@ -1,0 +1,496 @@
+"""The ``balance`` command line: parses, calls the Python API, prints.
+
+Every configuration flag is derived from a field of :class:`~balance.config.TrainConfig`
+or :class:`~balance.config.RangeTestConfig` (``weight_decay`` -> ``--weight-decay``), with
+the field's description as help and its default shown. A flag left out stays out of the
+config, so the model's own default applies. Exit codes: 0 done, 1 the training run
+diverged, 2 bad input (usage errors included).
+"""
+
+import functools
+import inspect
+import json
+import math
+import sys
+import types
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Literal,
+    NoReturn,
+    Union,
+    cast,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
+
+import typer
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+
+from balance.config import ConfigError, RangeTestConfig, TrainConfig, format_validation_error
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from balance.config import StudyConfig
+    from balance.range_test import RangeTestResult
+    from balance.train import EpochMetrics
+
+# TrainConfig fields only a training run uses; `lr-find` offers every other one (the range
+# test augments when training would, and reports min_lr = max_lr / div_factor).
+TRAIN_ONLY = (
+    "policy",
+    "max_lr",
+    "epochs",
+    "final_div_factor",
+    "pct_start",
+    "base_momentum",
+    "max_momentum",
+)
+COMMON = tuple(name for name in TrainConfig.model_fields if name not in TRAIN_ONLY)
+
+# A group of flags: a prefix for their help, the model they fill, the fields.
+Group = tuple[str, type[BaseModel], tuple[str, ...]]
+RUN: Group = ("", TrainConfig, COMMON)
+SCHEDULE: Group = ("", TrainConfig, TRAIN_ONLY)
+RANGE: Group = ("", RangeTestConfig, tuple(RangeTestConfig.model_fields))
+RANGE_IF_NEEDED: Group = ("range test, only without --max-lr: ", *RANGE[1:])
+
+EXIT_DIVERGED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    name="balance",
+    help="Find the regularization balance of a network under super-convergence.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,  # help texts are plain: brackets and quotes print as written
+    pretty_exceptions_show_locals=False,  # locals hold tensors and whole data sets
+)
+
+
+# --- flags derived from the config models ---------------------------------------------
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _cli_type(annotation: Any) -> tuple[Any, str | None]:
+    """The type the parser converts to, and a metavar listing the choices of a Literal."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        (annotation,) = (arg for arg in get_args(annotation) if arg is not type(None))
+    if get_origin(annotation) is Literal:
+        choices = get_args(annotation)
+        # Parsed as text and checked by pydantic, so a bad choice reads like any bad value.
+        return str, "[" + "|".join(choices) + "]"
+    return annotation, None
+
+
+def _option(name: str, field: FieldInfo, prefix: str) -> inspect.Parameter:
+    kind, metavar = _cli_type(field.annotation)
+    flag = _flag(name)
+    decls = [f"{flag}/--no-{flag.removeprefix('--')}"] if kind is bool else [flag]
+    default = field.get_default()
+    shown = "" if default is None else f" [default: {default}]"
+    help_text = f"{prefix}{field.description or name.replace('_', ' ')}{shown}"
+    option = typer.Option(*decls, help=help_text, metavar=metavar, show_default=False)
+    # Every flag defaults to None, meaning "not given": the config's default then applies.
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[kind | None, option],
+    )
+
+
+def config_options(*groups: Group) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Add one flag per config field to a command whose signature ends in ``**values``."""
+
+    def decorate(func: Callable[..., None]) -> Callable[..., None]:
+        hints = get_type_hints(func, include_extras=True)
+        own = [
+            param.replace(annotation=hints[param.name])
+            for param in inspect.signature(func).parameters.values()
+            if param.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        derived = [
+            _option(name, model.model_fields[name], prefix)
+            for prefix, model, names in groups
+            for name in names
+        ]
+        params = derived + own
+        if len({param.name for param in params}) != len(params):
+            raise TypeError(f"{func.__name__}: two flags share a name")
+
+        @functools.wraps(func)
+        def command(**values: Any) -> None:
+            func(**values)
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {param.name: param.annotation for param in params}
+        return command
+
+    return decorate
+
+
+# --- validation and errors ---------------------------------------------------------------
+
+
+def _fail(lines: list[str], code: int) -> NoReturn:
+    for line in lines:
+        typer.echo(line, err=True)
+    raise typer.Exit(code)
+
+
+def validate(values: dict[str, Any], *models: type[BaseModel]) -> list[Any]:
+    """Build each model from the flags given for it; every problem is one line, exit 2."""
+    built, problems = [], []
+    for model in models:
+        given = {k: v for k, v in values.items() if k in model.model_fields and v is not None}
+        try:
+            built.append(model.model_validate(given))
+        except ValidationError as error:
+            problems += format_validation_error(error)
+    if problems:
+        _fail([f"error: {line}" for line in problems], EXIT_BAD_INPUT)
+    return built
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Errors the library finds in user input (missing files, sizes) are one line, exit 2."""
+    try:
+        yield
+    except ConfigError as error:
+        _fail([f"error: {error}"], EXIT_BAD_INPUT)
+    except ValidationError as error:
+        _fail([f"error: {line}" for line in format_validation_error(error)], EXIT_BAD_INPUT)
+
+
+# --- output ------------------------------------------------------------------------------
+
+TABLE = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "lr", "momentum")
+"""Columns of the per-epoch table, named as the fields of ``EpochMetrics``."""
+
+
+def _finite(value: Any) -> Any:
+    # Strict JSON has no NaN or Infinity: a diverged loss is written as null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_finite(payload), indent=2) + "\n")
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _row(values: Iterable[Any]) -> str:
+    return " ".join(
+        f"{value:>12.4g}" if isinstance(value, float) else f"{value!s:>12}" for value in values
+    )
+
+
+def print_range_test(result: "RangeTestResult") -> None:
+    stop = "" if result.diverged_at is None else f", diverged at step {result.diverged_at}"
+    typer.echo(f"LR range test: {len(result.lrs)} steps at batch_size {result.batch_size}{stop}")
+    typer.echo("suggestions (* = the rule that gave max_lr):")
+    for rule, lr in result.suggestions.items():
+        typer.echo(f"  {'*' if rule == result.rule else ' '} {rule:<9} {_number(lr)}")
+    typer.echo(
+        f"max_lr: {_number(result.max_lr)} (rule {result.rule})  min_lr: {_number(result.min_lr)}"
+    )
+    typer.echo(f"super-convergence: {result.diagnostic.verdict}")
+    typer.echo(f"  {result.diagnostic.explanation}")
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+
+
+def run_range_test(
+    train_config: TrainConfig, range_config: RangeTestConfig, out: Path
+) -> "RangeTestResult":
+    """Run the range test, print it, and write range_test.png and range_test.json into ``out``."""
+    from balance.range_test import RangeTestWarning, find_max_lr
+    from balance.report.plots import plot_range_test, save_figure
+
+    with warnings.catch_warnings(), user_errors():
+        warnings.simplefilter("ignore", RangeTestWarning)  # printed below from result.warnings
+        result = find_max_lr(train_config, range_config)
+    print_range_test(result)
+    out.mkdir(parents=True, exist_ok=True)
+    figure = cast("Figure", plot_range_test(result).figure)  # a top-level figure, never a sub
+    save_figure(figure, out / "range_test.png")
+    write_json(
+        out / "range_test.json",
+        {
+            **result.to_dict(),
+            "config": train_config.model_dump(mode="json"),
+            "range_config": range_config.model_dump(mode="json"),
+        },
+    )
+    typer.echo(f"wrote {out / 'range_test.png'} and {out / 'range_test.json'}")
+    return result
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+@app.command("lr-find")
+@config_options(RUN, RANGE)
+def lr_find(
+    *,
+    out: Annotated[Path, typer.Option(help="folder for range_test.png and range_test.json")] = Path(
+        "reports/lr-find"
+    ),
+    **values: Any,
+) -> None:
+    """Run the LR range test: print every suggested max LR and the super-convergence verdict."""
+    train_config, range_config = validate(values, TrainConfig, RangeTestConfig)
+    run_range_test(train_config, range_config, out)
+
+
+@app.command("train")
+@config_options(RUN, SCHEDULE, RANGE_IF_NEEDED)
+def train_command(
+    *,
+    out: Annotated[Path, typer.Option(help="folder for train.json")] = Path("reports/train"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    **values: Any,
+) -> None:
+    """Train under the policy (1cycle by default); without --max-lr, run the LR range test first."""
+    config, range_config = validate(values, TrainConfig, RangeTestConfig)
+    from tqdm import tqdm
+
+    from balance.train import train
+
+    max_lr_source = "given"
+    if config.max_lr is None:
+        found = run_range_test(config, range_config, out)
+        typer.echo(f"max_lr: not given; using {found.max_lr:.4g} from the LR range test")
+        config = config.model_copy(update={"max_lr": found.max_lr})
+        max_lr_source = f"range test, rule {found.rule}"
+
+    typer.echo(
+        f"training {config.model} on {config.data}: policy {config.policy}, "
+        f"max_lr {config.max_lr:.4g}, batch_size {config.batch_size}, "
+        f"{config.epochs} epochs"
+    )
+    bar = tqdm(
+        total=config.epochs,
+        unit="epoch",
+        desc="train",
+        file=sys.stderr,
+        leave=False,
+        disable=quiet or not sys.stderr.isatty(),
+    )
+
+    def on_epoch(metrics: "EpochMetrics") -> None:
+        if metrics.epoch == 1:
+            tqdm.write(_row(TABLE), file=sys.stdout)
+        tqdm.write(_row(getattr(metrics, name) for name in TABLE), file=sys.stdout)
+        bar.update()
+
+    with bar, user_errors():
+        result = train(config, callback=on_epoch, evaluate_test=True)
+
+    path = out / "train.json"
+    write_json(
+        path,
+        {
+            **result.to_dict(),
+            "config": config.model_dump(mode="json"),
+            "max_lr_source": max_lr_source,
+        },
+    )
+    if result.diverged is not None:
+        div = result.diverged
+        _fail(
+            [
+                f"diverged: loss {div.loss} at step {div.step} (lr {div.lr:.4g}); "
+                f"curves so far in {path}"
+            ],
+            EXIT_DIVERGED,
+        )
+    typer.echo(f"test_accuracy: {result.test_accuracy:.4f}  test_loss: {result.test_loss:.4g}")
+    typer.echo(
+        f"samples/s: {result.samples_per_second:,.0f} (training steps only)  "
+        f"wall_time: {result.wall_time:.2f} s  steps: {result.steps}"
+    )
+    typer.echo(f"wrote {path}")
+
+
+# --- studies -----------------------------------------------------------------------------
+
+StudyArg = Annotated[Path, typer.Argument(help="study file (TOML), e.g. studies/mnist1d-cnn.toml")]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(help="Optuna storage URL (postgresql://, sqlite://) or journal file path"),
+]
+RootOpt = Annotated[Path, typer.Option(help="folder of the study's results and report")]
+DEFAULT_ROOT = Path("reports")
+
+
+def _load_study(path: Path) -> "StudyConfig":
+    from balance.config import load_study_file
+
+    try:
+        return load_study_file(path)
+    except ConfigError as error:
+        _fail([f"error: {problem}" for problem in error.problems], EXIT_BAD_INPUT)
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar says what INFO would
+
+
+@contextmanager
+def _interruptible(study_name: str, url: str) -> Iterator[None]:
+    """SIGTERM stops like Ctrl-C; either leaves completed trials stored and says how to go on."""
+    import signal
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except KeyboardInterrupt:
+        _fail(
+            [
+                f"interrupted: completed trials of {study_name!r} are kept in {url}",
+                "  re-run the same command to resume; `balance report` shows the partial study",
+            ],
+            EXIT_INTERRUPTED,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@app.command("validate")
+def validate_command(study_file: StudyArg) -> None:
+    """Check a study file, its data and its model; print every problem, each naming its field."""
+    config = _load_study(study_file)
+    from balance.study import preflight
+
+    try:
+        preflight(config)
+    except ConfigError as error:
+        _fail([f"error: {problem}" for problem in error.problems], EXIT_BAD_INPUT)
+    kind = (
+        f"{config.search.n_cells} grid cells"
+        if config.sampler == "grid"
+        else (f"{config.n_trials} {config.sampler} trials")
+    )
+    typer.echo(f"{study_file}: ok ({config.name}: {kind} x {config.seeds} seeds)")
+
+
+@app.command("sweep")
+def sweep_command(
+    study_file: StudyArg,
+    storage: StorageOpt = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="local worker processes [default: the file's]")
+    ] = None,
+    root: RootOpt = DEFAULT_ROOT,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Run (or resume) a study: range test per batch size, the sweep, the test split, the report."""
+    config = _load_study(study_file)
+    from tqdm import tqdm
+
+    from balance.study import Progress, storage_url, sweep
+
+    _quiet_optuna()
+    url = storage_url(config, storage, root)
+    bar = tqdm(desc=config.name, unit="trial", file=sys.stderr, disable=quiet or None)
+
+    def on_progress(progress: Progress) -> None:
+        bar.total = progress.total
+        bar.n = progress.done
+        best = "-" if progress.best is None else f"{progress.best:.4f}"
+        bar.set_postfix_str(f"best val {best}, running {progress.running}", refresh=False)
+        bar.refresh()
+
+    with bar, user_errors(), _interruptible(config.name, url):
+        result = sweep(config, storage=url, workers=workers, root=root, on_progress=on_progress)
+    _print_summary(result.summary)
+    typer.echo(f"wrote {result.out_dir}/trials.csv, summary.json and {result.report}")
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    best = summary.get("best")
+    lrs = ", ".join(f"batch {size}: {lr:.4g}" for size, lr in summary["max_lr"].items())
+    typer.echo(f"max_lr: {lrs}")
+    typer.echo(f"trials: {summary['trials']}")
+    if best is None:
+        return
+    params = ", ".join(f"{name} {value}" for name, value in best["params"].items())
+    typer.echo(
+        f"best (trial {best['trial']}): {params}; val_accuracy "
+        f"{best['val_accuracy']:.4f} +- {best['val_accuracy_std']:.4f}"
+    )
+    for name in ("chosen", "baseline"):
+        test = summary["test"].get(name)
+        if test and test.get("test_accuracy") is not None:
+            typer.echo(
+                f"test_accuracy ({name}): {test['test_accuracy']:.4f} "
+                f"+- {test['test_accuracy_std']:.4f}"
+            )
+
+
+@app.command("worker")
+def worker_command(
+    study_file: StudyArg,
+    storage: Annotated[str, typer.Option(help="storage URL of the running study")],
+    threads: Annotated[int | None, typer.Option(min=1, help="torch threads")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N")] = None,
+) -> None:
+    """Join a study that `balance sweep` started (on any machine) and run trials until done."""
+    config = _load_study(study_file)
+    from balance.study import run_worker
+
+    _quiet_optuna()
+    with user_errors(), _interruptible(config.name, storage):
+        ran = run_worker(config, storage, threads=threads, device=device)
+    typer.echo(f"worker done: ran {ran} trials of {config.name!r}")
+
+
+@app.command("report")
+def report_command(
+    study_file: StudyArg, storage: StorageOpt = None, root: RootOpt = DEFAULT_ROOT
+) -> None:
+    """Write reports/<study>/index.html from whatever the storage holds (partial studies too)."""
+    config = _load_study(study_file)
+    from balance.report import build_report
+
+    with user_errors():
+        path = build_report(config, storage=storage, root=root)
+    typer.echo(f"wrote {path}")
+
+
+def main() -> None:
+    """Entry point of the ``balance`` console script."""
+    app(prog_name="balance")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,6 @@
+"""Figures and reports of balance's results."""
+
+from balance.report.html import build_report
+from balance.report.plots import plot_range_test, save_figure
+
+__all__ = ["build_report", "plot_range_test", "save_figure"]

@@ -1,0 +1,441 @@
+"""What a report shows, computed apart from drawing: plain frames, dicts and NamedTuples.
+
+Every function here reads a study (or frames made from it) and returns data; the
+figures in :mod:`balance.report.plots` render it and :mod:`balance.report.html`
+lays it out. Nothing here draws, prints or writes files.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import warnings
+from typing import Any, NamedTuple
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from balance.analysis import CELL
+from balance.config import StudyConfig, TrainConfig
+from balance.optim import WEIGHT_DECAY_COUPLING
+from balance.range_test import RangeTestResult
+from balance.schedule import ScheduleTrace, schedule_values
+
+TRIAL_TABLE_COLUMNS = [
+    "number",
+    "state",
+    "batch_size",
+    "weight_decay",
+    "dropout",
+    "max_lr",
+    "val_accuracy",
+    "val_accuracy_std",
+    "val_loss",
+    "train_loss",
+    "gap",
+    "seeds_done",
+    "steps",
+    "duration_s",
+    "note",
+]
+
+
+# --------------------------------------------------------------------------- the setup
+
+
+def weight_decay_words(train: TrainConfig) -> str:
+    """How weight decay acts for this optimizer, and on which parameters."""
+    coupling = WEIGHT_DECAY_COUPLING[train.optimizer]
+    if train.optimizer == "adamw":
+        how = "decoupled from the gradient (w -= lr x weight_decay x w)"
+    elif train.optimizer == "adam":
+        how = "an L2 term added to the gradient (grad += weight_decay x w), rescaled by Adam"
+    else:
+        how = (
+            "an L2 term added to the gradient (grad += weight_decay x w), "
+            "so its pull scales with the LR"
+        )
+    where = (
+        "all parameters"
+        if train.decay_norm_and_bias
+        else "weights with 2+ dimensions only (not biases or norm parameters)"
+    )
+    return f"{coupling}: {how}; every optimizer step, on {where}"
+
+
+def policy_words(train: TrainConfig) -> str:
+    """The LR policy by name, with the OneCycleLR variant it is (two or three phases)."""
+    pct = train.resolved_pct_start
+    if train.policy == "smith":
+        return (
+            f"smith: Smith's three-phase 1cycle (OneCycleLR three_phase=True, linear), "
+            f"rise {pct:g} of the steps from max_lr/{train.div_factor:g} to max_lr, fall "
+            f"as long, then anneal to 1/{train.final_div_factor:g} of the start; momentum "
+            f"{train.max_momentum:g} -> {train.base_momentum:g} -> {train.max_momentum:g}"
+        )
+    if train.policy == "fastai":
+        return (
+            f"fastai: two-phase cosine 1cycle (OneCycleLR three_phase=False), rise "
+            f"{pct:g} of the steps from max_lr/{train.div_factor:g} to max_lr, then cosine "
+            f"down to 1/{train.final_div_factor:g} of the start; momentum "
+            f"{train.max_momentum:g} -> {train.base_momentum:g} -> {train.max_momentum:g}"
+        )
+    return f"{train.policy} (baseline schedule, momentum fixed at {train.momentum:g})"
+
+
+def optimizer_words(train: TrainConfig) -> str:
+    """The optimizer and its momentum setting."""
+    beta = "beta1" if train.optimizer in ("adam", "adamw") else "momentum"
+    nesterov = ", nesterov" if train.nesterov else ""
+    return f"{train.optimizer} ({beta} {train.momentum:g}{nesterov})"
+
+
+def trial_states(frame: pd.DataFrame) -> dict[str, int]:
+    """Trials by state; failed ones split into diverged and other failures, surplus apart."""
+    counts: dict[str, int] = {}
+    real = frame[~frame["surplus"]]
+    for state in ("complete", "pruned", "running", "waiting"):
+        counts[state] = int((real["state"] == state).sum())
+    failed = real[real["state"] == "fail"]
+    counts["diverged"] = int((failed["fail_reason"] == "diverged").sum())
+    counts["failed"] = len(failed) - counts["diverged"]
+    counts["surplus"] = int(frame["surplus"].sum())
+    return counts
+
+
+def trial_times(study: optuna.Study) -> dict[str, float | None]:
+    """Seconds from the first trial's start to the last one's end, and the trials' sum."""
+    starts = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start]
+    ends = [t.datetime_complete for t in study.get_trials(deepcopy=False) if t.datetime_complete]
+    durations = [
+        t.duration.total_seconds()
+        for t in study.get_trials(deepcopy=False)
+        if t.duration is not None
+    ]
+    span = (max(ends) - min(starts)).total_seconds() if starts and ends else None
+    return {"span_s": span, "trials_s": sum(durations) if durations else None}
+
+
+def environment(recorded: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """The environment the sweep recorded in ``summary.json``, else this process's own."""
+    if recorded:
+        return dict(recorded), "recorded when the sweep finished"
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }, "of the process that built this report (the sweep has not written summary.json)"
+
+
+def budget_words(config: StudyConfig, steps: dict[int, int]) -> str:
+    """Epochs per run, seeds per trial, trials planned and the steps each batch size takes."""
+    planned = (
+        f"{config.search.n_cells} grid cells"
+        if config.sampler == "grid"
+        else f"{config.n_trials} trials"
+    )
+    per_size = ", ".join(f"{steps[size]} at batch size {size}" for size in sorted(steps))
+    epochs = config.train.epochs
+    text = (
+        f"{epochs} epoch{'s' if epochs > 1 else ''} per run (equal passes over the data "
+        f"for every batch size), {config.seeds} seed{'s' if config.seeds > 1 else ''} "
+        f"per trial, {planned}"
+    )
+    return f"{text}; steps per run: {per_size}" if per_size else text
+
+
+# --------------------------------------------------------------------------- stage 1
+
+
+def range_tests(study: optuna.Study) -> dict[int, RangeTestResult]:
+    """The range tests stage 1 stored, by batch size (empty when none ran or before it ran)."""
+    stored = study.user_attrs.get("range_tests", {})
+    return {
+        int(size): RangeTestResult.from_dict(test)
+        for size, test in sorted(stored.items(), key=lambda item: int(item[0]))
+    }
+
+
+def max_lrs(study: optuna.Study) -> dict[int, float]:
+    """The max LR per batch size stage 1 fixed (empty before it ran)."""
+    return {int(size): float(lr) for size, lr in study.user_attrs.get("max_lr", {}).items()}
+
+
+def range_test_table(tests: dict[int, RangeTestResult]) -> pd.DataFrame:
+    """One row per batch size: every rule's suggestion, the chosen rule and LRs, the verdict."""
+    rows = []
+    for size, test in tests.items():
+        rows.append(
+            {
+                "batch_size": size,
+                **{f"{rule}": lr for rule, lr in test.suggestions.items()},
+                "rule": test.rule,
+                "max_lr": test.max_lr,
+                "min_lr": test.min_lr,
+                "super_convergence": test.diagnostic.verdict,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def stage_one_words(
+    config: StudyConfig, study: optuna.Study, tests: dict[int, RangeTestResult]
+) -> list[str]:
+    """Where each batch size's max LR came from, in plain words."""
+    lrs = max_lrs(study)
+    if not lrs:
+        return ["Stage 1 (the LR range test) has not stored a max LR yet."]
+    train = config.train
+    if train.max_lr is not None:
+        words = [
+            f"No range test ran: the study file fixes max_lr = {train.max_lr:g} at batch "
+            f"size {train.batch_size}."
+        ]
+    elif config.lr_scaling == "range-test":
+        words = [
+            f"One range test per batch size ({config.range_test.num_steps} steps, "
+            f"{config.range_test.mode} sweep from {config.range_test.start_lr:g} to "
+            f"{config.range_test.end_lr:g}); max_lr is the {config.range_test.rule!r} "
+            f"suggestion, min_lr = max_lr / {train.div_factor:g}."
+        ]
+    else:
+        words = [
+            f"One range test at batch size {train.batch_size}; its max_lr is scaled to "
+            "the other batch sizes."
+        ]
+    if len(lrs) > 1 and (train.max_lr is not None or config.lr_scaling != "range-test"):
+        how = {
+            "linear": "scaled linearly with the batch size",
+            "sqrt": "scaled with the square root of the batch size",
+        }
+        words.append(
+            f"Other batch sizes get it {how.get(config.lr_scaling, 'unchanged')} "
+            f"(lr_scaling = {config.lr_scaling!r})."
+        )
+    return words
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def run_steps(runs: pd.DataFrame) -> dict[int, int]:
+    """Optimizer steps of a full run per batch size, from the finished runs of completed trials."""
+    counted = runs[runs["counted"]]
+    return {
+        int(size): int(steps)
+        for size, steps in counted.groupby("batch_size")["steps"].max().items()
+    }
+
+
+def schedule_traces(
+    train: TrainConfig, lrs: dict[int, float], steps: dict[int, int]
+) -> dict[int, ScheduleTrace]:
+    """The LR and momentum of every step, per batch size whose LR and step count are known."""
+    traces = {}
+    for size in sorted(set(lrs) & set(steps)):
+        config = train.model_copy(update={"batch_size": size})
+        traces[size] = schedule_values(config, steps[size], lrs[size])
+    return traces
+
+
+# --------------------------------------------------------------------------- test runs
+
+
+def test_curves(final: dict[str, Any], config: StudyConfig) -> pd.DataFrame:
+    """Test accuracy against iterations of the chosen 1cycle run and the baseline, per seed.
+
+    Columns: ``run`` (a label naming the setting), ``kind`` (``chosen`` or
+    ``baseline``), ``seed``, ``step``, ``test_accuracy``.
+    """
+    rows = []
+    labels = test_labels(final, config)
+    for kind in ("chosen", "baseline"):
+        block = final.get(kind)
+        if not block:
+            continue
+        for run in block.get("runs", []):
+            for step, accuracy in zip(run["steps"], run["test_curve"], strict=True):
+                if accuracy is not None:
+                    rows.append(
+                        {
+                            "run": labels[kind],
+                            "kind": kind,
+                            "seed": run["seed"],
+                            "step": int(step),
+                            "test_accuracy": float(accuracy),
+                        }
+                    )
+    return pd.DataFrame(rows, columns=["run", "kind", "seed", "step", "test_accuracy"])
+
+
+def test_labels(final: dict[str, Any], config: StudyConfig) -> dict[str, str]:
+    """A legend label per test run: schedule, optimizer, batch size, LR and regularizers."""
+    labels = {}
+    chosen = final.get("chosen")
+    if chosen:
+        params = final.get("params", {})
+        labels["chosen"] = (
+            f"chosen: {config.train.policy} 1cycle, {config.train.optimizer}, batch "
+            f"{params.get('batch_size')}, max_lr {chosen['max_lr']:.3g}, wd "
+            f"{params.get('weight_decay', 0):g}, dropout {params.get('dropout', 0):g}"
+        )
+    baseline = final.get("baseline")
+    base = config.baseline_config
+    if baseline and base is not None:
+        lr = baseline.get("max_lr")
+        labels["baseline"] = (
+            f"baseline: {base.policy}, {base.optimizer}, batch {base.batch_size}, lr "
+            f"{lr if lr is None else format(lr, '.3g')}, wd {base.weight_decay:g}, "
+            f"dropout {base.dropout:g}"
+        )
+    return labels
+
+
+def test_words(final: dict[str, Any], curves: pd.DataFrame) -> list[str]:
+    """The test figures in words, and when the chosen run first matched the baseline."""
+    words = []
+    mean = curves.groupby(["kind", "step"])["test_accuracy"].mean()
+    for kind in ("chosen", "baseline"):
+        block = final.get(kind)
+        if not block or block.get("test_accuracy") is None:
+            continue
+        steps = mean[kind].index.max() if kind in mean.index.get_level_values(0) else None
+        spread = block.get("test_accuracy_std")
+        std = f" ± {spread:.3f}" if spread is not None and len(block["runs"]) > 1 else ""
+        words.append(
+            f"{kind.capitalize()}: test accuracy {block['test_accuracy']:.3f}{std} "
+            f"after {steps} iterations ({len(block['runs'])} seed"
+            f"{'s' if len(block['runs']) > 1 else ''})."
+        )
+    levels = mean.index.get_level_values(0)
+    baseline = final.get("baseline") or {}
+    if "chosen" in levels and "baseline" in levels and baseline.get("test_accuracy") is not None:
+        target = baseline["test_accuracy"]
+        chosen = mean["chosen"]
+        reached = chosen[chosen >= target]
+        if len(reached):
+            words.append(
+                f"The chosen 1cycle run first reached the baseline's final test "
+                f"accuracy ({target:.3f}) at iteration {reached.index.min()}, of "
+                f"{mean['baseline'].index.max()} the baseline took."
+            )
+        else:
+            words.append(
+                f"The chosen 1cycle run never reached the baseline's final test "
+                f"accuracy ({target:.3f})."
+            )
+    return words
+
+
+# --------------------------------------------------------------------------- importances
+
+
+class Importances(NamedTuple):
+    """Parameter importances, or the reason there are none (``values`` is empty then)."""
+
+    values: dict[str, float]
+    evaluator: str
+    reason: str | None
+
+
+def param_importances(study: optuna.Study) -> Importances:
+    """fANOVA importances of the parameters that vary among completed trials.
+
+    Needs two completed trials and one parameter with two or more values; anything
+    less, or an error inside Optuna, gives the reason instead of values.
+    """
+    name = "fANOVA (optuna FanovaImportanceEvaluator, seed 0)"
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return Importances(
+            {}, name, f"needs at least 2 completed trials, the study has {len(complete)}"
+        )
+    varying = sorted(
+        param
+        for param in {p for trial in complete for p in trial.params}
+        if len({repr(trial.params.get(param)) for trial in complete}) > 1
+    )
+    if not varying:
+        return Importances({}, name, "no parameter takes two values among completed trials")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=varying
+            )
+    except (ValueError, RuntimeError) as error:  # Optuna's own refusals, shown in the page
+        return Importances({}, name, f"optuna could not compute them: {error}")
+    return Importances({key: float(value) for key, value in values.items()}, name, None)
+
+
+# --------------------------------------------------------------------------- trials
+
+
+def learning_curves(study: optuna.Study, top: int = 5) -> pd.DataFrame:
+    """Per-epoch curves (mean over seeds) of the ``top`` completed trials by objective value.
+
+    Columns: ``number``, ``label``, ``epoch``, ``val_accuracy``, ``train_loss``,
+    ``val_loss``; the best trial comes first.
+    """
+    complete = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None
+    ]
+    best = sorted(complete, key=lambda t: -t.value)[:top]  # type: ignore[operator]
+    rows = []
+    for trial in best:
+        params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+        label = f"#{trial.number}: " + ", ".join(
+            f"{key.replace('_', ' ')} {params[key]:g}" for key in CELL if key in params
+        )
+        by_epoch: dict[int, dict[str, list[float]]] = {}
+        for run in trial.user_attrs.get("runs", []):
+            curve = run.get("curve", {})
+            for index, epoch in enumerate(curve.get("epoch", [])):
+                slot = by_epoch.setdefault(int(epoch), {})
+                for key in ("val_accuracy", "train_loss", "val_loss"):
+                    value = curve[key][index]
+                    if value is not None and math.isfinite(value):
+                        slot.setdefault(key, []).append(float(value))
+        for epoch, values in sorted(by_epoch.items()):
+            rows.append(
+                {
+                    "number": trial.number,
+                    "label": label,
+                    "epoch": epoch,
+                    **{
+                        key: statistics.fmean(values[key]) if values.get(key) else math.nan
+                        for key in ("val_accuracy", "train_loss", "val_loss")
+                    },
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["number", "label", "epoch", "val_accuracy", "train_loss", "val_loss"]
+    )
+
+
+def trial_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The trials frame as the report lists it: a ``note`` says why a trial failed or stopped."""
+    table = frame.copy()
+    notes = []
+    for row in frame.itertuples(index=False):
+        if row.surplus:
+            notes.append("surplus: the grid queue was empty, nothing trained")
+        elif row.fail_reason == "diverged":
+            notes.append(
+                f"diverged at step {row.diverged_step:g}, lr {row.diverged_lr:.3g}"
+                if not math.isnan(row.diverged_step)
+                else "diverged"
+            )
+        else:
+            notes.append(row.fail_reason)
+    table["note"] = notes
+    table.loc[table["fail_reason"] == "diverged", "state"] = "diverged"
+    return table[TRIAL_TABLE_COLUMNS]

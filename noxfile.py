@@ -1,0 +1,68 @@
+"""Sessions: tests (the default run), e2e, bench, lint, typecheck.
+
+    nox -s tests              # the fast suite: everything not marked slow or postgres
+    nox -s tests -- -k cli    # arguments after -- go to pytest
+    nox -s e2e                # the slow end-to-end runs
+    nox -s lint typecheck
+
+Torch is installed on its own first, as ``torch==2.13.0``: pip's configuration finds
+the local CPU wheel. Left to the package's ``torch>=2.2,<3`` range, pip could resolve
+it to a multi-GB CUDA build from an index.
+"""
+
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_venv = "yes"  # keep envs between runs; every session re-installs, cheap
+nox.options.sessions = ["tests", "lint", "typecheck"]
+
+TORCH = "torch==2.13.0"
+FAST = "not slow and not postgres"
+
+
+def install(session: nox.Session, extras: str = "") -> None:
+    """Torch first (pinned to the local CPU wheel), then the package in editable mode."""
+    session.install(TORCH)
+    session.install("-e", f".[{extras}]" if extras else ".")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The default test run; no test collected (pytest exit 5) fails the session."""
+    install(session, "test")
+    session.run("pytest", "-m", FAST, *session.posargs)
+
+
+@nox.session
+def e2e(session: nox.Session) -> None:
+    """Longer end-to-end runs (tests marked slow)."""
+    install(session, "test")
+    session.run("pytest", "-m", "slow", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every script in benchmarks/, in name order."""
+    install(session, "bench")
+    scripts = sorted(Path("benchmarks").glob("*.py"))
+    if not scripts:
+        session.log("no benchmark scripts in benchmarks/")
+    for script in scripts:
+        session.run("python", str(script), *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check (not yet ruff format --check: the code is not ruff-formatted)."""
+    session.install("ruff")
+    session.run("ruff", "check", ".", *session.posargs)
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy on the package (settings in pyproject.toml)."""
+    install(session)
+    session.install("mypy", "pandas-stubs", "types-tqdm")
+    session.run("mypy", "balance", *session.posargs)

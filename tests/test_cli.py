@@ -1,0 +1,200 @@
+"""The ``balance`` command line end to end, on the digits data set and a small MLP."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from balance.cli import app
+from balance.config import RangeTestConfig, TrainConfig
+
+TINY = ["--data", "digits", "--model", "mlp", "--threads", "1"]
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+def console_script() -> str:
+    """The installed ``balance`` script beside this interpreter (or on PATH)."""
+    beside = Path(sys.executable).parent / "balance"
+    found = str(beside) if beside.exists() else shutil.which("balance")
+    assert found, "the balance console script is not installed (pip install -e .)"
+    return found
+
+
+def test_train_writes_curves_and_prints_the_epoch_table(tmp_path: Path) -> None:
+    result = invoke("train", *TINY, "--max-lr", "0.1", "--epochs", "2", "--out", str(tmp_path))
+
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.stdout.splitlines() if "val_accuracy" in line)
+    assert header.split() == [
+        "epoch",
+        "step",
+        "train_loss",
+        "val_loss",
+        "val_accuracy",
+        "lr",
+        "momentum",
+    ]
+    assert "test_accuracy:" in result.stdout and "samples/s:" in result.stdout
+    saved = json.loads((tmp_path / "train.json").read_text())
+    assert [epoch["epoch"] for epoch in saved["epochs"]] == [1, 2]
+    assert len(saved["lr_trace"]) == len(saved["momentum_trace"]) == saved["steps"] > 0
+    assert saved["test_accuracy"] > 0.5
+    assert saved["config"]["max_lr"] == 0.1 and saved["max_lr_source"] == "given"
+
+
+def test_flags_left_out_keep_the_config_defaults(tmp_path: Path) -> None:
+    result = invoke(
+        "train", *TINY, "--max-lr", "0.1", "--epochs", "1", "--no-augment", "--out", str(tmp_path)
+    )
+
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "train.json").read_text())
+    expected = TrainConfig(data="digits", model="mlp", threads=1, max_lr=0.1, epochs=1)
+    assert saved["config"] == expected.model_dump(mode="json")
+
+
+def test_lr_find_prints_every_suggestion_and_writes_png_and_json(tmp_path: Path) -> None:
+    result = invoke("lr-find", *TINY, "--num-steps", "30", "--out", str(tmp_path))
+
+    assert result.exit_code == 0, result.output
+    for rule in ("steepest", "valley", "minimum", "accuracy"):
+        assert rule in result.stdout
+    assert "* steepest" in result.stdout  # the default rule is marked
+    assert "max_lr:" in result.stdout and "super-convergence:" in result.stdout
+    png = (tmp_path / "range_test.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 1000
+    saved = json.loads((tmp_path / "range_test.json").read_text())
+    assert set(saved["suggestions"]) == {"steepest", "valley", "minimum", "accuracy"}
+    assert saved["range_config"]["num_steps"] == 30 and saved["max_lr"] > 0
+
+
+def test_train_without_max_lr_takes_it_from_the_range_test(tmp_path: Path) -> None:
+    result = invoke(
+        "train",
+        *TINY,
+        "--epochs",
+        "1",
+        "--num-steps",
+        "20",
+        "--rule",
+        "minimum",
+        "--out",
+        str(tmp_path),
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "max_lr: not given" in result.stdout
+    found = json.loads((tmp_path / "range_test.json").read_text())
+    saved = json.loads((tmp_path / "train.json").read_text())
+    assert saved["config"]["max_lr"] == found["max_lr"] == found["suggestions"]["minimum"]
+    assert saved["max_lr_source"] == "range test, rule minimum"
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "field"),
+    [
+        ("--dropout", "1.5", "dropout"),
+        ("--model", "nope", "model"),
+        ("--batch-size", "0", "batch_size"),
+        ("--weight-decay", "-1", "weight_decay"),
+        ("--optimizer", "rmsprop", "optimizer"),
+        ("--num-steps", "2", "num_steps"),
+    ],
+)
+@pytest.mark.parametrize("command", ["train", "lr-find"])
+def test_a_bad_value_is_one_line_naming_the_field_and_exit_2(
+    tmp_path: Path, command: str, flag: str, value: str, field: str
+) -> None:
+    result = invoke(command, *TINY, flag, value, "--out", str(tmp_path))
+
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: {field}: ") and "(got " in line
+    assert "Traceback" not in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_every_problem_gets_its_own_line() -> None:
+    result = invoke(
+        "lr-find", "--dropout", "1.5", "--batch-size", "0", "--start-lr", "5", "--end-lr", "1"
+    )
+
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert [line.split(":")[1].strip() for line in lines] == ["dropout", "batch_size", "config"]
+    assert "end_lr must exceed start_lr" in lines[2]
+
+
+def test_a_problem_found_while_loading_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    result = invoke(
+        "train", *TINY, "--max-lr", "0.1", "--batch-size", "100000", "--out", str(tmp_path)
+    )
+
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "error: batch_size: 100000 is larger than the training split (1293 examples)"
+    ]
+
+
+def test_a_value_that_does_not_parse_is_a_usage_error_exit_2() -> None:
+    result = invoke("train", "--epochs", "two")
+
+    assert result.exit_code == 2
+    assert "--epochs" in result.output and "Traceback" not in result.output
+
+
+def test_divergence_is_one_line_naming_the_step_and_exit_1(tmp_path: Path) -> None:
+    result = invoke("train", *TINY, "--max-lr", "1e6", "--epochs", "1", "--out", str(tmp_path))
+
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()
+    saved = json.loads((tmp_path / "train.json").read_text())
+    step = saved["diverged"]["step"]
+    assert line.startswith("diverged:") and f"at step {step} " in line
+    assert saved["diverged"]["loss"] is None  # NaN written as strict-JSON null
+
+
+def test_every_config_field_has_a_flag_of_the_same_name() -> None:
+    train_help = invoke("train", "--help").stdout
+    find_help = invoke("lr-find", "--help").stdout
+
+    for name in [*TrainConfig.model_fields, *RangeTestConfig.model_fields]:
+        assert f"--{name.replace('_', '-')}" in train_help
+    for name in [
+        "data",
+        "model",
+        "dropout",
+        "weight_decay",
+        "batch_size",
+        *RangeTestConfig.model_fields,
+    ]:
+        assert f"--{name.replace('_', '-')}" in find_help
+    assert "--max-lr" not in find_help and "--epochs" not in find_help
+
+
+def test_console_script_runs_in_a_real_process() -> None:
+    env = {**os.environ, "COLUMNS": "100"}
+    shown = subprocess.run(
+        [console_script(), "--help"], capture_output=True, text=True, env=env, timeout=60
+    )
+    bad = subprocess.run(
+        [console_script(), "train", "--weight-decay", "-1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+    assert shown.returncode == 0 and "lr-find" in shown.stdout and "train" in shown.stdout
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip() == (
+        "error: weight_decay: Input should be greater than or equal to 0 (got -1.0)"
+    )
