@@ -55,9 +55,10 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check (not yet ruff format --check: the code is not ruff-formatted)."""
+    """ruff check and ruff format --check."""
     session.install("ruff")
     session.run("ruff", "check", ".", *session.posargs)
+    session.run("ruff", "format", "--check", ".")
 
 
 @nox.session

@@ -586,9 +586,32 @@ def balance_verdict(
                 f"{difference:.3f} away; with one seed per {unit} the seed noise is unknown "
                 "(set seeds >= 2 to tell real differences from noise)."
             )
+    if unit == "cell":
+        sentences += _edge_sentences(grid, best)
     if tail:
         sentences.append("Not measured: " + ", ".join(tail) + ".")
     return Verdict(metric, best, runner, difference, within, near, len(data), effects, sentences)
+
+
+def _edge_sentences(grid: pd.DataFrame, best: Cell) -> list[str]:
+    """Warn when the best cell sits on the grid's edge: the balance may lie beyond it."""
+    sentences = []
+    for name in ("weight_decay", "dropout"):
+        values = sorted(grid.index.get_level_values(name).unique())
+        value = getattr(best, name)
+        if len(values) < 2:
+            continue
+        if value == values[-1]:
+            side = "largest"
+        elif value == values[0] and value > 0:
+            side = "smallest"
+        else:
+            continue
+        sentences.append(
+            f"The best {AXIS_WORDS[name]}, {value:.3g}, is the {side} in the grid: the balance "
+            f"may lie beyond it; extend the grid past {value:.3g} to find out."
+        )
+    return sentences
 
 
 def _mean_std(cell: Cell) -> str:

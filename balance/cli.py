@@ -431,7 +431,14 @@ def sweep_command(
         bar.refresh()
 
     with bar, user_errors(), _interruptible(config.name, url):
-        result = sweep(config, storage=url, workers=workers, root=root, on_progress=on_progress)
+        result = sweep(
+            config,
+            storage=url,
+            workers=workers,
+            root=root,
+            on_progress=on_progress,
+            study_file=study_file,
+        )
     _print_summary(result.summary)
     typer.echo(f"wrote {result.out_dir}/trials.csv, summary.json and {result.report}")
 
@@ -483,7 +490,7 @@ def report_command(
     from balance.report import build_report
 
     with user_errors():
-        path = build_report(config, storage=storage, root=root)
+        path = build_report(config, storage=storage, root=root, study_file=study_file)
     typer.echo(f"wrote {path}")
 
 

@@ -198,3 +198,82 @@ def test_console_script_runs_in_a_real_process() -> None:
     assert bad.stderr.strip() == (
         "error: weight_decay: Input should be greater than or equal to 0 (got -1.0)"
     )
+
+
+# --- study commands ----------------------------------------------------------------------
+
+TINY_STUDY = """
+name = "cli-tiny"
+sampler = "grid"
+seeds = 1
+[train]
+data = "digits"
+model = "mlp"
+epochs = 1
+batch_size = 64
+threads = 1
+[range_test]
+num_steps = 20
+[search]
+weight_decay = [0.0, 1e-3]
+dropout = [0.0, 0.2]
+"""
+
+
+def write_study(folder: Path, text: str = TINY_STUDY) -> Path:
+    path = folder / "study.toml"
+    path.write_text(text)
+    return path
+
+
+def test_validate_accepts_a_good_study_and_names_its_size(tmp_path: Path) -> None:
+    result = invoke("validate", str(write_study(tmp_path)))
+
+    assert result.exit_code == 0, result.output
+    assert "ok (cli-tiny: 4 grid cells x 1 seeds)" in result.stdout
+
+
+def test_validate_prints_every_problem_on_its_own_line_and_exits_2(tmp_path: Path) -> None:
+    bad = TINY_STUDY.replace('sampler = "grid"', 'sampler = "annealing"').replace(
+        "dropout = [0.0, 0.2]", "dropout = [0.0, 1.5]"
+    )
+    result = invoke("validate", str(write_study(tmp_path, bad)))
+
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert any(line.startswith("error: sampler") for line in lines)
+    assert any(line.startswith("error: search.dropout") for line in lines)
+
+
+def test_sweep_then_report_then_resume_through_the_cli(tmp_path: Path) -> None:
+    study = write_study(tmp_path)
+    root = tmp_path / "reports"
+
+    first = invoke("sweep", str(study), "--root", str(root), "--workers", "1", "--quiet")
+
+    assert first.exit_code == 0, first.output
+    assert "trials: {'complete': 4}" in first.stdout
+    assert "best (trial" in first.stdout and "max_lr: batch 64:" in first.stdout
+    page = root / "cli-tiny" / "index.html"
+    assert str(study) in page.read_text()  # the header names the study file
+    summary = json.loads((root / "cli-tiny" / "summary.json").read_text())
+    assert summary["trials"] == {"complete": 4}
+
+    page.unlink()
+    rebuilt = invoke("report", str(study), "--root", str(root))
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert page.exists()
+
+    again = invoke("sweep", str(study), "--root", str(root), "--quiet")
+    assert again.exit_code == 0, again.output
+    summary = json.loads((root / "cli-tiny" / "summary.json").read_text())
+    assert summary["trials"] == {"complete": 4}, "a resumed grid runs no cell twice"
+
+
+def test_worker_refuses_a_study_that_sweep_has_not_started(tmp_path: Path) -> None:
+    journal = tmp_path / "nowhere.journal"
+    result = invoke("worker", str(write_study(tmp_path)), "--storage", str(journal))
+
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: study")

@@ -497,3 +497,29 @@ def test_verdict_with_one_seed_says_noise_is_unknown() -> None:
     verdict = balance_verdict(grid)
     assert verdict.within_noise is None
     assert "seed noise is unknown" in " ".join(verdict.sentences)
+
+
+def test_verdict_warns_when_the_best_cell_lies_on_the_grid_edge() -> None:
+    at_edge = stub_grid(
+        {
+            (32, 0.0, 0.0): (0.80, 0.01, 2),
+            (32, 1e-4, 0.1): (0.85, 0.01, 2),
+            (32, 1e-3, 0.0): (0.90, 0.01, 2),
+            (32, 1e-4, 0.2): (0.70, 0.01, 2),
+        }
+    )
+    inside = stub_grid(
+        {
+            (32, 0.0, 0.0): (0.80, 0.01, 2),
+            (32, 1e-4, 0.1): (0.95, 0.01, 2),
+            (32, 1e-3, 0.0): (0.90, 0.01, 2),
+            (32, 1e-4, 0.2): (0.70, 0.01, 2),
+        }
+    )
+
+    edge_words = " ".join(balance_verdict(at_edge).sentences)
+    assert "The best weight decay, 0.001, is the largest in the grid" in edge_words
+    assert "best dropout" not in edge_words  # dropout 0 is the natural floor, not an edge
+    assert "in the grid: the balance may lie beyond" not in " ".join(
+        balance_verdict(inside).sentences
+    )

@@ -161,7 +161,7 @@ def test_worker_killed_mid_trial_is_resumed_without_loss_or_repeats(tmp_path: Pa
     env = {
         **os.environ,
         "BALANCE_TEST_CRASH_DIR": str(tmp_path),
-        "BALANCE_TEST_CRASH_AT": "3",
+        "BALANCE_TEST_CRASH_AT": "4",  # build 1 is the preflight check, 2-3 the first trials
         "PYTHONPATH": f"{TESTS.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
     }
     command = [sys.executable, "-c", SWEEP_SCRIPT, str(config_file), str(tmp_path)]

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import warnings
 from pathlib import Path
 
 import optuna
-from optuna.storages import BaseStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from balance.config import ConfigError, StudyConfig
 
 JOURNAL_NAME = "study.journal"
 CONNECT_TIMEOUT_S = 10
+# A running trial writes a heartbeat every HEARTBEAT_INTERVAL_S seconds; one silent for
+# HEARTBEAT_GRACE_FACTOR intervals (60 s) belongs to a dead worker: the next worker to
+# start a trial fails it and queues a copy, at most MAX_RETRY times per trial.
 HEARTBEAT_INTERVAL_S = 20
-HEARTBEAT_GRACE_S = 60
+HEARTBEAT_GRACE_FACTOR = 3
+HEARTBEAT_ENV = "BALANCE_HEARTBEAT_S"  # overrides the interval (seconds, an integer >= 1)
 MAX_RETRY = 2
 
 
@@ -40,6 +47,9 @@ def open_storage(url: str) -> BaseStorage:
     and ``sqlite://`` URLs open an RDB storage with a heartbeat, so a worker that
     dies mid-trial has that trial failed and retried by the next worker.
 
+    The heartbeat interval is ``HEARTBEAT_INTERVAL_S`` seconds unless the environment
+    variable ``BALANCE_HEARTBEAT_S`` sets another; the grace period is three intervals.
+
     Raises:
         ConfigError: the storage cannot be reached within ``CONNECT_TIMEOUT_S``.
     """
@@ -47,25 +57,57 @@ def open_storage(url: str) -> BaseStorage:
         path = Path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
+    interval = heartbeat_interval()
     connect_args: dict[str, object] = {}
     if url.startswith("postgresql"):
         connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+        url = _with_postgres_driver(url)
     elif url.startswith("sqlite"):
         connect_args["timeout"] = 60
     try:
-        return RDBStorage(
-            url,
-            engine_kwargs={"pool_pre_ping": True, "connect_args": connect_args},
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=HEARTBEAT_GRACE_S,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=MAX_RETRY),
-        )
+        with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url,
+                engine_kwargs={"pool_pre_ping": True, "connect_args": connect_args},
+                heartbeat_interval=interval,
+                grace_period=interval * HEARTBEAT_GRACE_FACTOR,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_RETRY
+                ),
+            )
     except ImportError as error:
         driver = url.split(":")[0]
-        raise ConfigError(f"storage: the driver for {driver} is missing: {error}") from None
+        hint = " (pip install 'balance[postgres]')" if driver.startswith("postgresql") else ""
+        raise ConfigError(f"storage: the driver for {driver} is missing{hint}: {error}") from None
     except Exception as error:  # SQLAlchemy raises many kinds; all mean "cannot reach it"
         reason = str(error).splitlines()[0]
         raise ConfigError(f"storage: cannot reach {_redact(url)}: {reason}") from None
+
+
+def heartbeat_interval() -> int:
+    """Seconds between a running trial's heartbeats: ``BALANCE_HEARTBEAT_S`` or the default.
+
+    Raises:
+        ConfigError: the variable is set to something other than a whole number >= 1.
+    """
+    value = os.environ.get(HEARTBEAT_ENV)
+    if value is None:
+        return HEARTBEAT_INTERVAL_S
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ConfigError(f"{HEARTBEAT_ENV} must be a whole number of seconds >= 1, got {value!r}")
+    return int(value)
+
+
+def _with_postgres_driver(url: str) -> str:
+    # SQLAlchemy 2.1 reads a plain postgresql:// as psycopg 3, 2.0 as psycopg2; use
+    # whichever is installed, so the URL users write (and the dashboard reads) just works.
+    scheme, sep, rest = url.partition("://")
+    if "+" in scheme or importlib.util.find_spec("psycopg") is not None:
+        return url
+    if importlib.util.find_spec("psycopg2") is not None:
+        return f"{scheme}+psycopg2{sep}{rest}"
+    return url
 
 
 def _redact(url: str) -> str:

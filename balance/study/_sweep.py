@@ -415,11 +415,13 @@ def sweep(
     workers: int | None = None,
     root: Path = Path("reports"),
     on_progress: ProgressCallback | None = None,
+    study_file: Path | None = None,
 ) -> SweepResult:
     """Run a whole study: stage 1 (max LR per batch size), stage 2 (the sweep), test, results.
 
     Re-running the same study on the same storage resumes it: stage 1 is not
-    redone, completed cells are not run again, interrupted ones are.
+    redone, completed cells are not run again, interrupted ones are. ``study_file``
+    only names the file in the report.
 
     Example:
         >>> from balance import load_study_file, sweep
@@ -443,7 +445,7 @@ def sweep(
     summary = write_results(
         study, config, out_dir, url=url, wall_time=time.perf_counter() - started
     )
-    report = build_report(config, storage=url, root=root)
+    report = build_report(config, storage=url, root=root, study_file=study_file)
     return SweepResult(
         study_name=config.name, storage=url, out_dir=out_dir, summary=summary, report=report
     )
