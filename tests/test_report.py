@@ -15,6 +15,8 @@ import pytest
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from optuna.trial import TrialState
+from study_helpers import load_study as load
+from study_helpers import study_config as merged_config
 
 from balance.analysis import (
     balance_grid,
@@ -23,14 +25,13 @@ from balance.analysis import (
     runs_frame,
     trials_frame,
 )
-from balance.config import ConfigError, StudyConfig, build
+from balance.config import ConfigError, StudyConfig
 from balance.report import build_report
 from balance.report.plots import format_cell, plot_balance, plot_balance_scatter
 from balance.study import (
     Objective,
     create_or_resume,
     enqueue_missing_cells,
-    open_storage,
     storage_url,
     sweep,
 )
@@ -65,18 +66,7 @@ def study_config(name: str, **overrides: Any) -> StudyConfig:
             "dropout": 0.0,
         },
     }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(values.get(key), dict):
-            values[key] = {**values[key], **value}
-        else:
-            values[key] = value
-    return build(StudyConfig, values)  # type: ignore[no-any-return]
-
-
-def load(config: StudyConfig, root: Path) -> optuna.Study:
-    return optuna.load_study(
-        study_name=config.name, storage=open_storage(storage_url(config, None, root))
-    )
+    return merged_config(values, **overrides)
 
 
 class Page(HTMLParser):

@@ -12,11 +12,13 @@ from typing import Any
 import optuna
 import pytest
 from optuna.trial import TrialState
+from study_helpers import load_study as load
+from study_helpers import study_config
 
 from balance.analysis import audit, trials_frame
-from balance.config import ConfigError, StudyConfig, build
+from balance.config import ConfigError, StudyConfig
 from balance.study import _learning_rate as learning_rate_module
-from balance.study import cell_key, grid_cells, open_storage, sweep
+from balance.study import cell_key, grid_cells, sweep
 
 TESTS = Path(__file__).parent
 
@@ -38,17 +40,7 @@ def tiny_study(name: str, **overrides: Any) -> StudyConfig:
         "range_test": {"num_steps": 20},
         "search": {"weight_decay": [0.0, 1e-3], "dropout": [0.0, 0.2]},
     }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(values.get(key), dict):
-            values[key] = {**values[key], **value}
-        else:
-            values[key] = value
-    return build(StudyConfig, values)  # type: ignore[no-any-return]
-
-
-def load(config: StudyConfig, root: Path) -> optuna.Study:
-    url = str((root / config.name / "study.journal").resolve())
-    return optuna.load_study(study_name=config.name, storage=open_storage(url))
+    return study_config(values, **overrides)
 
 
 def trained_cells(study: optuna.Study) -> list[str]:
