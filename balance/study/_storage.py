@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from balance.config import ConfigError, StudyConfig
 
 JOURNAL_NAME = "study.journal"
 CONNECT_TIMEOUT_S = 10
+CONNECT_TIMEOUT_ENV = "BALANCE_CONNECT_TIMEOUT_S"  # overrides it (seconds, an integer >= 1)
 # A running trial writes a heartbeat every HEARTBEAT_INTERVAL_S seconds; one silent for
 # HEARTBEAT_GRACE_FACTOR intervals (60 s) belongs to a dead worker: the next worker to
 # start a trial fails it and queues a copy, at most MAX_RETRY times per trial.
@@ -49,26 +51,29 @@ def open_storage(url: str) -> BaseStorage:
 
     The heartbeat interval is ``HEARTBEAT_INTERVAL_S`` seconds unless the environment
     variable ``BALANCE_HEARTBEAT_S`` sets another; the grace period is three intervals.
+    A PostgreSQL server gets ``CONNECT_TIMEOUT_S`` (or ``BALANCE_CONNECT_TIMEOUT_S``)
+    seconds to answer.
 
     Raises:
-        ConfigError: the storage cannot be reached within ``CONNECT_TIMEOUT_S``.
+        ConfigError: the storage cannot be reached within the connect timeout.
     """
     if is_file_storage(url):
         path = Path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    interval = heartbeat_interval()
+    interval = _seconds(HEARTBEAT_ENV, HEARTBEAT_INTERVAL_S)
     connect_args: dict[str, object] = {}
+    engine_url = url
     if url.startswith("postgresql"):
-        connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
-        url = _with_postgres_driver(url)
+        connect_args["connect_timeout"] = _seconds(CONNECT_TIMEOUT_ENV, CONNECT_TIMEOUT_S)
+        engine_url = _with_postgres_driver(url)
     elif url.startswith("sqlite"):
         connect_args["timeout"] = 60
     try:
         with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(
-                url,
+                engine_url,
                 engine_kwargs={"pool_pre_ping": True, "connect_args": connect_args},
                 heartbeat_interval=interval,
                 grace_period=interval * HEARTBEAT_GRACE_FACTOR,
@@ -81,21 +86,18 @@ def open_storage(url: str) -> BaseStorage:
         hint = " (pip install 'balance[postgres]')" if driver.startswith("postgresql") else ""
         raise ConfigError(f"storage: the driver for {driver} is missing{hint}: {error}") from None
     except Exception as error:  # SQLAlchemy raises many kinds; all mean "cannot reach it"
-        reason = str(error).splitlines()[0]
+        # "(psycopg2.OperationalError) connection to server ... failed: timeout expired"
+        reason = re.sub(r"^\([\w.]+\) ", "", str(error).splitlines()[0])
         raise ConfigError(f"storage: cannot reach {_redact(url)}: {reason}") from None
 
 
-def heartbeat_interval() -> int:
-    """Seconds between a running trial's heartbeats: ``BALANCE_HEARTBEAT_S`` or the default.
-
-    Raises:
-        ConfigError: the variable is set to something other than a whole number >= 1.
-    """
-    value = os.environ.get(HEARTBEAT_ENV)
+def _seconds(variable: str, default: int) -> int:
+    """A whole number of seconds from the environment, or ``default`` when unset."""
+    value = os.environ.get(variable)
     if value is None:
-        return HEARTBEAT_INTERVAL_S
+        return default
     if not value.strip().isdigit() or int(value) < 1:
-        raise ConfigError(f"{HEARTBEAT_ENV} must be a whole number of seconds >= 1, got {value!r}")
+        raise ConfigError(f"{variable} must be a whole number of seconds >= 1, got {value!r}")
     return int(value)
 
 
