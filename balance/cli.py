@@ -364,13 +364,19 @@ def _quiet_optuna() -> None:
 
 @contextmanager
 def _interruptible(study_name: str, url: str) -> Iterator[None]:
-    """SIGTERM stops like Ctrl-C; either leaves completed trials stored and says how to go on."""
+    """SIGTERM stops like Ctrl-C; either leaves completed trials stored and says how to go on.
+
+    The running trial is recorded as failed (and its grid cell queued again) without
+    Optuna's warning and traceback: the stop was asked for.
+    """
+    import logging
     import signal
 
-    def terminate(signum: int, frame: Any) -> None:
+    def stop(signum: int, frame: Any) -> None:
+        logging.getLogger("optuna").setLevel(logging.ERROR)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     except KeyboardInterrupt:
@@ -382,7 +388,8 @@ def _interruptible(study_name: str, url: str) -> Iterator[None]:
             EXIT_INTERRUPTED,
         )
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @app.command("validate")

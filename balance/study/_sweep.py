@@ -3,28 +3,40 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import multiprocessing.connection
 import os
+import signal
 import socket
-import threading
 import time
+import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from balance.config import SEARCHED, ConfigError, StudyConfig
 from balance.data import Dataset, load_dataset
 from balance.range_test import RangeTestResult
 from balance.study._learning_rate import fit_max_lrs
-from balance.study._objective import Objective, TrainingDiverged
+from balance.study._objective import Objective, TrainingDiverged, worker_identity
 from balance.study._space import batch_sizes, cell_key, grid_cells
-from balance.study._storage import load_existing, open_storage, storage_url
+from balance.study._storage import (
+    is_file_storage,
+    load_existing,
+    open_storage,
+    storage_url,
+)
 from balance.train import train
 
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+STOP_GRACE_S = 30  # how long a stopped local worker may take to record its trial as failed
+WAIT_POLL_S = 2.0  # how often an idle worker checks other workers' running trials
 
 
 @dataclass(frozen=True)
@@ -125,14 +137,21 @@ def create_or_resume(config: StudyConfig, url: str) -> optuna.Study:
         ConfigError: the stored study was made with a different space or base run.
     """
     storage = open_storage(url)
-    study = optuna.create_study(
-        study_name=config.name,
-        storage=storage,
-        direction="maximize",
-        sampler=make_sampler(config),
-        pruner=make_pruner(config),
-        load_if_exists=True,
-    )
+    try:  # load first: creating an existing study would still append to a journal file
+        study = optuna.load_study(
+            study_name=config.name,
+            storage=storage,
+            sampler=make_sampler(config),
+            pruner=make_pruner(config),
+        )
+    except KeyError:
+        study = optuna.create_study(
+            study_name=config.name,
+            storage=storage,
+            direction="maximize",
+            sampler=make_sampler(config),
+            pruner=make_pruner(config),
+        )
     signature = json.loads(json.dumps(config.space_signature()))
     stored = study.user_attrs.get("signature")
     if stored is None:
@@ -158,6 +177,20 @@ def stored_range_tests(study: optuna.Study) -> dict[int, RangeTestResult]:
         int(size): RangeTestResult.from_dict(test)
         for size, test in study.user_attrs.get("range_tests", {}).items()
     }
+
+
+def prepare(config: StudyConfig, url: str, data: Dataset) -> optuna.Study:
+    """Everything before the trials: create or resume the study, stage 1, queue the grid.
+
+    Trials that dead local workers left running are failed first, so their cells
+    are queued again. ``balance worker`` processes can join once this returned.
+    """
+    study = create_or_resume(config, url)
+    fix_max_lrs(study, config, data, threads=config.train.threads)
+    fail_dead_workers(study)
+    if config.sampler == "grid":
+        enqueue_missing_cells(study, config)
+    return study
 
 
 def fix_max_lrs(
@@ -262,6 +295,45 @@ def _has_work(study: optuna.Study, config: StudyConfig) -> bool:
     return counted < (config.n_trials or 0)
 
 
+def _others_running(study: optuna.Study) -> bool:
+    """Whether trials may still come back to the queue: some run, and a heartbeat watches them.
+
+    Fails the trials whose heartbeat went stale; the retry callback queues a copy of
+    each. Without a heartbeat (journal files) a dead worker's trial cannot be told
+    from a live one, so nobody waits for it (re-running ``balance sweep`` queues it).
+    """
+    if not is_heartbeat_enabled(study._storage):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def requeue_interrupted(study: optuna.Study, config: StudyConfig) -> list[int]:
+    """Queue again the grid cells this process's interrupted trials were training.
+
+    A stopped worker hands its cell back, so the other workers (or a re-run) train
+    it; each process queues only its own trials, so no cell is queued twice.
+    """
+    if config.sampler != "grid":
+        return []
+    me = worker_identity()
+    trials = study.get_trials(deepcopy=False)
+    done = {t.user_attrs.get("requeued_from") for t in trials}
+    requeued = []
+    for trial in trials:
+        attrs = trial.user_attrs
+        if trial.state != TrialState.FAIL or attrs.get("worker") != me or trial.number in done:
+            continue
+        if "diverged" in attrs or "cell" not in attrs or attrs.get("fail_reason"):
+            continue
+        cell = {name: trial.params[name] for name in config.search.axes()}
+        study.enqueue_trial(cell, user_attrs={"cell": attrs["cell"], "requeued_from": trial.number})
+        requeued.append(trial.number)
+    return requeued
+
+
 def run_worker(
     config: StudyConfig,
     url: str,
@@ -274,8 +346,16 @@ def run_worker(
     """Join the study at ``url`` and run trials until none is left; return how many ran.
 
     The study must exist and stage 1 must be done (``balance sweep`` does both).
-    Several workers, on this machine or others, may run at once.
+    Several workers, on this machine or others, may run at once. On a database
+    storage a worker with nothing left to do waits while other workers' trials
+    run: if one of them dies, its trial is failed after the heartbeat's grace
+    period and queued again, and a waiting worker trains it. Interrupted
+    (``KeyboardInterrupt``), a worker queues its cell again and re-raises.
     """
+    if is_file_storage(url) and not Path(url).exists():
+        raise ConfigError(
+            f"study: no study named {config.name!r} at {url}; start it with `balance sweep`"
+        )
     storage = open_storage(url)
     study = load_existing(config.name, storage)
     study.sampler = make_sampler(config, worker_index)
@@ -285,18 +365,49 @@ def run_worker(
         raise ConfigError(f"study: {config.name!r} has no max LR yet; run `balance sweep` first")
     objective = Objective(config, _load_data(config), max_lrs, threads=threads, device=device)
     ran = 0
-    while _has_work(study, config):
-        study.optimize(objective, n_trials=1, catch=(TrainingDiverged,), gc_after_trial=False)
-        ran += 1
-        if on_progress is not None:
-            on_progress(progress_of(study, config))
-    return ran
+    try:
+        while True:
+            if _has_work(study, config):
+                study.optimize(
+                    objective, n_trials=1, catch=(TrainingDiverged,), gc_after_trial=False
+                )
+                ran += 1
+                if on_progress is not None:
+                    on_progress(progress_of(study, config))
+            elif _others_running(study):
+                time.sleep(WAIT_POLL_S)  # a stale trial comes back queued
+            else:
+                return ran
+    except KeyboardInterrupt:
+        requeue_interrupted(study, config)
+        raise
 
 
-def _worker_process(verbosity: int, *args: Any, **kwargs: Any) -> int:
-    # A loky worker starts with Optuna's default logging; keep the caller's level.
-    optuna.logging.set_verbosity(verbosity)
-    return run_worker(*args, **kwargs)
+def _stop_once(signum: int, frame: Any) -> None:
+    # The first SIGINT or SIGTERM interrupts the trial (Optuna records it as failed,
+    # quietly: the stop was asked for); later ones are ignored so they cannot cut that
+    # write short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    raise KeyboardInterrupt
+
+
+def _worker_process(errors: Any, verbosity: int, *args: Any, **kwargs: Any) -> None:
+    """A local worker process: run_worker, with errors sent back to the parent."""
+    signal.signal(signal.SIGINT, _stop_once)
+    signal.signal(signal.SIGTERM, _stop_once)
+    optuna.logging.set_verbosity(verbosity)  # a spawned process starts at Optuna's default
+    try:
+        run_worker(*args, **kwargs)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as error:
+        try:
+            errors.put(error)
+        except Exception:  # not picklable: send its text and traceback instead
+            errors.put(RuntimeError(traceback.format_exc()))
+        raise SystemExit(1) from None
 
 
 def _worker_plan(config: StudyConfig, workers: int) -> list[tuple[int | None, str | None]]:
@@ -311,39 +422,73 @@ def _worker_plan(config: StudyConfig, workers: int) -> list[tuple[int | None, st
     return [(threads, None)] * workers
 
 
+def _stop(processes: list[Any]) -> None:
+    """Interrupt local workers, give them STOP_GRACE_S to fail their trials, then kill them."""
+    started = [process for process in processes if process.pid is not None]
+    for process in started:
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGINT)
+    deadline = time.monotonic() + STOP_GRACE_S
+    try:
+        for process in started:
+            process.join(max(0.0, deadline - time.monotonic()))
+    finally:  # also when a second Ctrl-C arrives while waiting
+        for process in started:
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
 def run_workers(
     config: StudyConfig, url: str, workers: int, on_progress: ProgressCallback | None = None
 ) -> None:
-    """Run ``workers`` local worker processes (joblib) and report progress while they work."""
+    """Run ``workers`` local worker processes and report progress while they work.
+
+    Interrupted (Ctrl-C, or SIGTERM turned into ``KeyboardInterrupt`` by the CLI),
+    it interrupts the workers, which record their running trials as failed and
+    queue those cells again, waits for them (``STOP_GRACE_S`` at most) and
+    re-raises: no worker outlives the call, no trial stays running.
+
+    Raises:
+        RuntimeError: a worker process died (a signal, or out of memory).
+    """
     plan = _worker_plan(config, workers)
     if workers == 1:
         run_worker(config, url, threads=plan[0][0], device=plan[0][1], on_progress=on_progress)
         return
-    from joblib import Parallel, delayed
-
-    failure: list[BaseException] = []
+    context = multiprocessing.get_context("spawn")  # torch and threads do not survive fork
+    errors = context.SimpleQueue()
     verbosity = optuna.logging.get_verbosity()
-
-    def launch() -> None:
-        try:
-            Parallel(n_jobs=workers, backend="loky")(
-                delayed(_worker_process)(
-                    verbosity, config, url, threads=threads, device=device, worker_index=index
-                )
-                for index, (threads, device) in enumerate(plan)
-            )
-        except BaseException as error:  # re-raised in the calling thread below
-            failure.append(error)
-
-    runner = threading.Thread(target=launch, name="balance-workers", daemon=True)
-    runner.start()
+    processes = [
+        context.Process(
+            target=_worker_process,
+            args=(errors, verbosity, config, url),
+            kwargs={"threads": threads, "device": device, "worker_index": index},
+            name=f"balance-worker-{index}",
+        )
+        for index, (threads, device) in enumerate(plan)
+    ]
     study = load_existing(config.name, open_storage(url))
-    while runner.is_alive():
-        runner.join(timeout=2.0)  # wakes early when the workers finish
-        if on_progress is not None:
-            on_progress(progress_of(study, config))
-    if failure:
-        raise failure[0]
+    try:
+        for process in processes:
+            process.start()
+        running = list(processes)
+        while running:
+            multiprocessing.connection.wait([p.sentinel for p in running], timeout=2.0)
+            running = [process for process in running if process.is_alive()]
+            if on_progress is not None:
+                on_progress(progress_of(study, config))
+    except BaseException:
+        _stop(processes)
+        raise
+    if not errors.empty():
+        raise errors.get()
+    for index, process in enumerate(processes):
+        if process.exitcode != 0:
+            raise RuntimeError(
+                f"local worker {index} (pid {process.pid}) died with exit code "
+                f"{process.exitcode}; completed trials are kept, re-run to resume"
+            )
 
 
 def best_params(study: optuna.Study, config: StudyConfig) -> tuple[int, dict[str, Any]]:
@@ -433,11 +578,7 @@ def sweep(
     started = time.perf_counter()
     data = preflight(config)
     url = storage_url(config, storage, root)
-    study = create_or_resume(config, url)
-    fix_max_lrs(study, config, data, threads=config.train.threads)
-    fail_dead_workers(study)
-    if config.sampler == "grid":
-        enqueue_missing_cells(study, config)
+    prepare(config, url, data)
     run_workers(config, url, workers or config.workers, on_progress)
     study = load_existing(config.name, open_storage(url))
     evaluate_on_test(study, config, data, threads=config.train.threads)
