@@ -356,8 +356,11 @@ class StudyConfig(_Strict):
             if not self.search.is_grid:
                 raise ValueError("sampler 'grid' needs lists, not ranges, for every search axis")
             if self.search.n_cells > MAX_GRID_CELLS:
+                axes = self.search.axes().items()
+                sizes = " x ".join(f"{len(v)} {k}" for k, v in axes if isinstance(v, list))
                 raise ValueError(
-                    f"grid has {self.search.n_cells} cells, more than {MAX_GRID_CELLS}"
+                    f"the search grid has {self.search.n_cells} cells ({sizes}), more than "
+                    f"{MAX_GRID_CELLS}; list fewer values or use sampler 'tpe' or 'random'"
                 )
         elif self.n_trials is None:
             raise ValueError(f"n_trials is required for sampler {self.sampler!r}")
