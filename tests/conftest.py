@@ -1,15 +1,18 @@
-"""Shared fixtures: tiny real data, an isolated cache, user plug-in modules."""
+"""Shared fixtures: tiny real data, an isolated cache, user plug-in modules, PostgreSQL."""
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from postgres_server import create_database, drop_database, find_bindir, throwaway_server
 
 from balance.data import Dataset, load_dataset
 
@@ -68,3 +71,37 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
     yield write
     for key in [key for key in sys.modules if key.startswith(f"user_{tmp_path.name}_")]:
         del sys.modules[key]
+
+
+POSTGRES_URL_ENV = "BALANCE_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """Admin URL of a PostgreSQL server for the whole session.
+
+    ``BALANCE_TEST_POSTGRES_URL`` when set (its role needs CREATEDB); otherwise a
+    throwaway server from the installed PostgreSQL binaries (tests/postgres_server.py),
+    stopped and deleted at the end. Without either, the tests are skipped on a
+    developer's machine and fail under CI (``CI`` set).
+    """
+    url = os.environ.get(POSTGRES_URL_ENV)
+    if url:
+        yield url
+        return
+    if find_bindir() is None:
+        message = f"no PostgreSQL binaries (apt-get install postgresql) and no {POSTGRES_URL_ENV}"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    with throwaway_server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """URL of a fresh, empty database of its own, dropped after the test."""
+    name = f"balance_test_{uuid.uuid4().hex[:12]}"
+    url = create_database(postgres_server, name)
+    yield url
+    drop_database(postgres_server, name)

@@ -1,0 +1,127 @@
+"""A throwaway PostgreSQL server for the tests and the storage benchmark.
+
+Uses the server binaries of an installed PostgreSQL (Debian's ``postgresql``
+package puts them in ``/usr/lib/postgresql/<version>/bin``): ``initdb`` into a
+temporary folder, ``pg_ctl start`` on a free port of 127.0.0.1 with trust
+authentication and its unix socket in the same folder, ``pg_ctl stop`` and
+removal at the end. PostgreSQL refuses to run as root, so as root the server runs
+as the ``postgres`` user (``runuser``) and the folder is handed to that user.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+SERVER_USER = "postgres"
+START_TIMEOUT_S = 60
+
+
+def find_bindir() -> Path | None:
+    """The folder of ``initdb`` and ``pg_ctl``: on PATH, else the newest Debian version."""
+    on_path = shutil.which("pg_ctl")
+    if on_path and shutil.which("initdb"):
+        return Path(on_path).resolve().parent
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+        key=lambda path: int(path.parent.parent.name) if path.parent.parent.name.isdigit() else 0,
+    )
+    return versions[-1].parent if versions else None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def throwaway_server(*, durable: bool = False) -> Iterator[str]:
+    """Start a fresh server; yield its admin URL (database ``postgres``); stop and delete it.
+
+    Args:
+        durable: keep PostgreSQL's defaults (fsync on). Off, commits skip fsync and
+            full-page writes: right for tests, which throw the data away.
+    """
+    bindir = find_bindir()
+    if bindir is None:
+        raise RuntimeError("no PostgreSQL server binaries (apt-get install postgresql)")
+    as_root = os.geteuid() == 0
+    prefix = ["runuser", "-u", SERVER_USER, "--"] if as_root else []
+    root = Path(tempfile.mkdtemp(prefix="balance-pg-"))
+    if as_root:
+        owner = pwd.getpwnam(SERVER_USER)
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+    data = root / "data"
+    pg_ctl = [*prefix, str(bindir / "pg_ctl"), "-D", str(data)]
+    try:
+        initdb = [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "postgres"]
+        subprocess.run(
+            [*initdb, "--auth=trust", "--encoding=UTF8", "--no-sync"],
+            check=True,
+            capture_output=True,
+        )
+        options = f"-c listen_addresses=127.0.0.1 -k {root} -c max_connections=200"
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        for attempt in range(3):  # the free port can be taken between probe and start
+            port = _free_port()
+            start = [*pg_ctl, "-l", str(root / "server.log"), "-w", "-t", str(START_TIMEOUT_S)]
+            started = subprocess.run(
+                [*start, "-o", f"{options} -p {port}", "start"],
+                capture_output=True,
+                text=True,
+            )
+            if started.returncode == 0:
+                break
+            if attempt == 2:
+                log = (root / "server.log").read_text() if (root / "server.log").exists() else ""
+                raise RuntimeError(f"pg_ctl start failed: {started.stderr}{log[-2000:]}")
+        try:
+            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        finally:
+            subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` pointing at another database of the same server."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def create_database(admin_url: str, database: str) -> str:
+    """Create an empty database (the role needs CREATEDB); return its URL."""
+    import psycopg2
+
+    with _autocommit(admin_url, psycopg2) as cursor:
+        cursor.execute(f'CREATE DATABASE "{database}"')
+    return with_database(admin_url, database)
+
+
+def drop_database(admin_url: str, database: str) -> None:
+    """Drop a database, closing the connections still open to it."""
+    import psycopg2
+
+    with _autocommit(admin_url, psycopg2) as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@contextmanager
+def _autocommit(url: str, psycopg2: object) -> Iterator[object]:
+    connection = psycopg2.connect(url, connect_timeout=10)  # type: ignore[attr-defined]
+    connection.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
+    try:
+        with connection.cursor() as cursor:
+            yield cursor
+    finally:
+        connection.close()

@@ -1,0 +1,87 @@
+"""Tiny study files written by the tests that drive the real ``balance`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from balance.study import open_storage
+
+ROOT = Path(__file__).parent.parent
+BALANCE = [sys.executable, "-m", "balance.cli"]
+
+
+def tiny_values(name: str, **overrides: Any) -> dict[str, Any]:
+    """A digits/mlp grid of 2 x 2 cells, one epoch per run, max LR given (no range test)."""
+    values: dict[str, Any] = {
+        "name": name,
+        "sampler": "grid",
+        "seeds": 1,
+        "train": {
+            "data": "digits",
+            "model": "mlp",
+            "epochs": 1,
+            "batch_size": 64,
+            "threads": 1,
+            "max_lr": 0.1,
+        },
+        "range_test": {"num_steps": 20},
+        "search": {"weight_decay": [0.0, 1e-3], "dropout": [0.0, 0.2]},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    return values
+
+
+def toml_text(values: dict[str, Any]) -> str:
+    """TOML for a study: top-level keys first, then one table per dict (one level deep)."""
+
+    def value(item: Any) -> str:
+        if isinstance(item, dict):
+            return "{ " + ", ".join(f"{k} = {value(v)}" for k, v in item.items()) + " }"
+        if isinstance(item, list):
+            return "[" + ", ".join(value(v) for v in item) + "]"
+        return json.dumps(item)  # strings, numbers and booleans read the same in TOML
+
+    lines = [f"{k} = {value(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    for key, table in values.items():
+        if isinstance(table, dict):
+            lines += ["", f"[{key}]", *(f"{k} = {value(v)}" for k, v in table.items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_study(path: Path, values: dict[str, Any]) -> Path:
+    path.write_text(toml_text(values))
+    return path
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a ``balance`` subprocess: this checkout importable, one thread."""
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+        **extra,
+    }
+
+
+def load(name: str, url: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(url))
+
+
+def cells_by_state(study: optuna.Study, state: TrialState) -> list[str]:
+    """Cell keys of the trials in ``state`` (surplus grid trials left out), sorted."""
+    return sorted(
+        t.user_attrs["cell"]
+        for t in study.get_trials(deepcopy=False, states=(state,))
+        if not t.user_attrs.get("surplus")
+    )

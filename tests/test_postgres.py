@@ -1,0 +1,151 @@
+"""Studies on a real PostgreSQL server: many `balance worker` processes, a killed worker, load.
+
+The server comes from the ``postgres_server`` fixture (a throwaway server, or
+``BALANCE_TEST_POSTGRES_URL``); every test gets a database of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from study_files import (
+    BALANCE,
+    ROOT,
+    cells_by_state,
+    load,
+    subprocess_env,
+    tiny_values,
+    write_study,
+)
+
+from balance.analysis import audit, trials_frame
+from balance.config import StudyConfig, build
+from balance.study import cell_key, grid_cells, preflight, prepare, run_worker
+
+pytestmark = pytest.mark.postgres
+
+WORKER_TIMEOUT_S = 180
+
+
+def start_workers(study_file: Path, url: str, count: int, **env: str) -> list[subprocess.Popen]:
+    command = [*BALANCE, "worker", str(study_file), "--storage", url, "--threads", "1"]
+    return [
+        subprocess.Popen(command, env=subprocess_env(**env), stderr=subprocess.PIPE, text=True)
+        for _ in range(count)
+    ]
+
+
+def finish(workers: list[subprocess.Popen]) -> list[int]:
+    for worker in workers:
+        worker.wait(timeout=WORKER_TIMEOUT_S)
+    return [worker.returncode for worker in workers]
+
+
+def test_three_workers_train_every_cell_once_as_one_worker_does(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # 4 x 3 cells; weight decay 1e4 diverges at once, so 3 cells end as diverged failures.
+    search = {"weight_decay": [0.0, 1e-4, 1e-3, 1e4], "dropout": [0.0, 0.2, 0.4]}
+    values = tiny_values("three", search=search)
+    study_file = write_study(tmp_path / "three.toml", values)
+    three = build(StudyConfig, values)
+    alone = build(StudyConfig, {**values, "name": "alone"})
+    for config in (three, alone):
+        prepare(config, postgres_url, preflight(config))
+
+    workers = start_workers(study_file, postgres_url, 3)
+    run_worker(alone, postgres_url, threads=1)
+    assert finish(workers) == [0, 0, 0], [w.stderr.read()[-2000:] for w in workers if w.stderr]
+
+    study, single = load("three", postgres_url), load("alone", postgres_url)
+    cells = sorted(cell_key(cell) for cell in grid_cells(three.search))
+    diverging = sorted(key for key in cells if key.startswith("weight_decay=10000.0|"))
+    for each in (study, single):
+        assert cells_by_state(each, TrialState.COMPLETE) == sorted(set(cells) - set(diverging))
+        assert cells_by_state(each, TrialState.FAIL) == diverging
+        assert not each.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    pids = {t.user_attrs["worker"]["pid"] for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert len(pids) >= 2, "the cells should be shared among the worker processes"
+    # the same cells give the same accuracies, whichever process trained them
+    assert value_by_cell(study) == value_by_cell(single)
+
+    for trial in study.get_trials(states=(TrialState.FAIL,)):
+        reason = trial.user_attrs["diverged"]  # recorded with its step and LR
+        assert reason["step"] >= 0 and reason["lr"] > 0
+
+
+def value_by_cell(study: optuna.Study) -> dict[str, float | None]:
+    trials = study.get_trials(states=(TrialState.COMPLETE, TrialState.FAIL))
+    return {t.user_attrs["cell"]: t.value for t in trials if not t.user_attrs.get("surplus")}
+
+
+def test_killed_worker_trial_is_failed_by_heartbeat_and_retried_by_the_others(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = tiny_values(
+        "killed",
+        train={"model": "tests.plugins.crash_model:model"},
+        search={"weight_decay": [0.0, 1e-4, 1e-3], "dropout": [0.0, 0.2]},
+    )
+    study_file = write_study(tmp_path / "killed.toml", values)
+    config = build(StudyConfig, values)
+    monkeypatch.syspath_prepend(str(ROOT))  # preflight builds the plug-in model here too
+    monkeypatch.setenv("BALANCE_TEST_CRASH_DIR", str(tmp_path))
+    prepare(config, postgres_url, preflight(config))
+    # 1 s heartbeat, 3 s grace: a dead worker's trial goes stale in seconds, not a minute.
+    fast = {"BALANCE_HEARTBEAT_S": "1"}
+
+    # The first model this worker builds SIGKILLs its process after 3 training steps.
+    (tmp_path / "doomed").mkdir()
+    doomed = start_workers(
+        study_file,
+        postgres_url,
+        1,
+        **fast,
+        BALANCE_TEST_CRASH_DIR=str(tmp_path / "doomed"),
+        BALANCE_TEST_CRASH_AT="1",
+    )
+    assert finish(doomed) == [-9]
+    study = load("killed", postgres_url)
+    (left_running,) = study.get_trials(states=(TrialState.RUNNING,))
+    assert left_running.user_attrs["worker"]["pid"] == doomed[0].pid
+
+    (tmp_path / "others").mkdir()
+    others = start_workers(
+        study_file, postgres_url, 2, **fast, BALANCE_TEST_CRASH_DIR=str(tmp_path / "others")
+    )  # BALANCE_TEST_CRASH_AT unset: these never crash
+    assert finish(others) == [0, 0], [w.stderr.read()[-2000:] for w in others if w.stderr]
+
+    study = load("killed", postgres_url)
+    dead = study.trials[left_running.number]
+    assert dead.state == TrialState.FAIL
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["cell"] == dead.user_attrs["cell"]
+    expected = sorted(cell_key(cell) for cell in grid_cells(config.search))
+    assert cells_by_state(study, TrialState.COMPLETE) == expected
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    found = audit(trials_frame(study, config), config)
+    assert found["missing"] == [] and found["duplicated"] == []
+
+
+@pytest.mark.slow
+def test_four_workers_two_hundred_trials_each_lose_and_repeat_nothing(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "postgres_load.json"
+    script = ROOT / "benchmarks" / "postgres_load.py"
+    command = [sys.executable, str(script), "--url", postgres_url, "--out-dir", str(tmp_path)]
+    done = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["workers"] == 4 and result["trials_per_worker"] == 200
+    assert result["completed"] == 800
+    assert result["lost"] == 0 and result["repeated"] == 0
+    assert result["trials_per_second"] > 0 and 0 < result["storage_share"] <= 1
