@@ -1,0 +1,200 @@
+"""Every bad input gets one line naming the problem, exit code 2, and no change to any study.
+
+The table below is the README's "Bad input" table; a test checks the two agree.
+Each study file is named like an existing study (``kept``) whose storage lives in
+the same ``--root``: a bad file must leave that study byte for byte as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+from study_files import ROOT, tiny_values, toml_text
+from typer.testing import CliRunner
+
+from balance.cli import app
+from balance.config import StudyConfig, build
+from balance.study import preflight, prepare, run_worker
+
+NAME = "kept"
+
+
+class BadInput(NamedTuple):
+    what: str  # as the README's table names it
+    study: Callable[[Path], str | None]  # the file's text (None: no file) for a data folder
+    message: str  # the one line balance prints, up to its first varying part
+    commands: tuple[str, ...] = ("validate", "sweep")
+
+
+def study(**overrides: Any) -> Callable[[Path], str]:
+    return lambda folder: toml_text(tiny_values(NAME, **overrides))
+
+
+def fashion_mnist(make_folder: bool) -> Callable[[Path], str]:
+    def write(folder: Path) -> str:
+        data = folder / "fashion-mnist"
+        if make_folder:
+            data.mkdir()
+        train = {"data": "fashion-mnist", "data_path": str(data), "model": "convnet"}
+        return toml_text(tiny_values(NAME, train=train))
+
+    return write
+
+
+CASES = [
+    BadInput("missing study file", lambda folder: None, "error: study: cannot read"),
+    BadInput(
+        "malformed TOML",
+        lambda folder: 'name = "kept"\n[train\n',
+        "error: study: {file} is not valid TOML: Expected ']' at the end of a table declaration",
+    ),
+    BadInput(
+        "unknown data set",
+        study(train={"data": "imagenet"}),
+        "error: train.data: unknown data set 'imagenet'; use one of mnist1d, digits,",
+    ),
+    BadInput(
+        "unknown model",
+        study(train={"model": "vgg"}),
+        "error: train.model: unknown model 'vgg'; use one of mlp, cnn1d, convnet,",
+    ),
+    BadInput(
+        "model 'module:function' that does not import",
+        study(train={"model": "no_such_module:net"}),
+        "error: model: cannot import 'no_such_module:net': No module named 'no_such_module'",
+    ),
+    BadInput(
+        "unknown optimizer",
+        study(train={"optimizer": "lion"}),
+        "error: train.optimizer: Input should be 'sgd', 'adam' or 'adamw' (got 'lion')",
+    ),
+    BadInput(
+        "unknown sampler",
+        study(sampler="cmaes"),
+        "error: sampler: Input should be 'grid', 'tpe', 'gp' or 'random' (got 'cmaes')",
+    ),
+    BadInput(
+        "unknown pruner",
+        study(pruner="asha"),
+        "error: pruner: Input should be 'none', 'median' or 'hyperband' (got 'asha')",
+    ),
+    BadInput(
+        "misspelt key",
+        study(search={"wieght_decay": [0.0]}),
+        "error: search.wieght_decay: Extra inputs are not permitted (got [0.0])",
+    ),
+    BadInput(
+        "negative weight decay",
+        study(search={"weight_decay": [-0.0001, 0.0]}),
+        "error: search.weight_decay[0]: Input should be greater than or equal to 0 (got -0.0001)",
+    ),
+    BadInput(
+        "dropout of 1",
+        study(search={"dropout": [0.0, 1.0]}),
+        "error: search.dropout[1]: Input should be less than 1 (got 1.0)",
+    ),
+    BadInput(
+        "negative dropout",
+        study(search={"dropout": [-0.1]}),
+        "error: search.dropout[0]: Input should be greater than or equal to 0 (got -0.1)",
+    ),
+    BadInput(
+        "batch size larger than the training set",
+        study(search={"batch_size": [64, 100000]}),
+        "error: search.batch_size: 100000 is larger than the training split (1293 examples)",
+    ),
+    BadInput(
+        "empty grid axis",
+        study(search={"weight_decay": []}),
+        "error: search.weight_decay: must list at least one value (got [])",
+    ),
+    BadInput(
+        "nothing to search",
+        lambda folder: toml_text({**tiny_values(NAME), "search": {}}),
+        "error: search: search names none of weight_decay, dropout, batch_size",
+    ),
+    BadInput(
+        "huge grid",
+        study(
+            search={
+                "weight_decay": [i * 1e-6 for i in range(200)],
+                "dropout": [i / 200 for i in range(100)],
+            }
+        ),
+        "error: config: the search grid has 20000 cells (200 weight_decay x 100 dropout), "
+        "more than 10000; list fewer values or use sampler 'tpe' or 'random'",
+    ),
+    BadInput(
+        "Bayesian search without n_trials",
+        study(sampler="tpe"),
+        "error: config: n_trials is required for sampler 'tpe'",
+    ),
+    BadInput(
+        "local data set without data_path",
+        study(train={"data": "fashion-mnist"}),
+        "error: train: data_path is required for data set 'fashion-mnist'",
+    ),
+    BadInput(
+        "data_path that does not exist",
+        fashion_mnist(make_folder=False),
+        "error: data_path: {folder}/fashion-mnist is not a folder",
+    ),
+    BadInput(
+        "data_path without the data files",
+        fashion_mnist(make_folder=True),
+        "error: data_path: missing file train-images-idx3-ubyte[.gz] in {folder}/fashion-mnist",
+    ),
+    BadInput(
+        "study name reused with a different space",
+        study(search={"weight_decay": [0.0, 1e-3], "dropout": [0.0, 0.3]}),
+        "error: study: 'kept' in this storage was made with a different search; "
+        "use a new study name or the original file",
+        commands=("sweep",),
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def existing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root holding a study named ``kept``: 4 cells, all trained."""
+    root = tmp_path_factory.mktemp("root")
+    config = build(StudyConfig, tiny_values(NAME))
+    url = str(root / NAME / "study.journal")
+    prepare(config, url, preflight(config))
+    run_worker(config, url, threads=1)
+    return root
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.what for case in CASES])
+def test_bad_input_is_one_line_exit_2_and_leaves_the_study_alone(
+    case: BadInput, existing: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "study.toml"
+    text = case.study(tmp_path)
+    if text is not None:
+        path.write_text(text)
+    before = snapshot(existing)
+    assert before[f"{NAME}/study.journal"]
+    expected = case.message.format(file=path, folder=tmp_path)
+    for command in case.commands:
+        args = [command, str(path)] + (["--root", str(existing)] if command == "sweep" else [])
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, (command, result.output)
+        assert result.stdout == ""
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(expected), (command, line)
+        assert snapshot(existing) == before, f"{command} changed the existing study"
+
+
+def test_readme_lists_every_bad_input_with_its_message() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Bad input", 1)[1].split("\n## ", 1)[0]
+    for case in CASES:
+        assert f"| {case.what} |" in section, case.what
