@@ -1,6 +1,6 @@
 """Sessions: tests (the default run), e2e, bench, lint, typecheck.
 
-    nox -s tests              # the fast suite: everything not marked slow or postgres
+    nox -s tests              # the default suite: everything not marked slow, PostgreSQL too
     nox -s tests -- -k cli    # arguments after -- go to pytest
     nox -s e2e                # the slow end-to-end runs
     nox -s lint typecheck
@@ -19,7 +19,10 @@ nox.options.reuse_venv = "yes"  # keep envs between runs; every session re-insta
 nox.options.sessions = ["tests", "lint", "typecheck"]
 
 TORCH = "torch==2.13.0"
-FAST = "not slow and not postgres"
+# The PostgreSQL tests belong to the default run: their fixture starts a throwaway
+# server from the installed binaries (or uses BALANCE_TEST_POSTGRES_URL).
+FAST = "not slow"
+TEST_EXTRAS = "test,postgres"
 
 
 def install(session: nox.Session, extras: str = "") -> None:
@@ -31,14 +34,14 @@ def install(session: nox.Session, extras: str = "") -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The default test run; no test collected (pytest exit 5) fails the session."""
-    install(session, "test")
+    install(session, TEST_EXTRAS)
     session.run("pytest", "-m", FAST, *session.posargs)
 
 
 @nox.session
 def e2e(session: nox.Session) -> None:
-    """Longer end-to-end runs (tests marked slow)."""
-    install(session, "test")
+    """Longer end-to-end runs (tests marked slow), the PostgreSQL load test among them."""
+    install(session, TEST_EXTRAS)
     session.run("pytest", "-m", "slow", *session.posargs)
 
 
