@@ -51,7 +51,7 @@ def bench(session: nox.Session) -> None:
 
     Each writes benchmarks/results/<name>.json; ``nox -s bench -- --quick`` is a fast smoke run.
     """
-    install(session, "bench")
+    install(session, "bench,postgres")  # postgres_load.py drives a real server
     scripts = sorted(p for p in Path("benchmarks").glob("*.py") if not p.name.startswith("_"))
     if not scripts:
         session.log("no benchmark scripts in benchmarks/")

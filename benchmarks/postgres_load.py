@@ -1,0 +1,237 @@
+"""PostgreSQL under load: 4 worker processes x 200 very short trials, nothing lost or repeated.
+
+The storage is the one balance opens (``balance.study.open_storage``: Optuna's RDB
+storage with the 20 s heartbeat and the retry callback). 800 trials are queued,
+each fixing a distinct ``task`` number, as ``balance sweep`` queues grid cells; each
+worker process then runs ``study.optimize(objective, n_trials=200)`` with an
+objective that only reads its task. A worker that found the queue empty would get
+a sampler's trial with a random task: a repeat. Afterwards every task must be
+complete exactly once (``lost`` and ``repeated`` both 0), with no trial failed,
+running or waiting.
+
+- ``trials_per_second``: 800 over the wall time from the moment all workers are
+  ready (storage open, study loaded) to the last one's end;
+- ``storage_share``: the share of the workers' time spent inside the storage's
+  methods (outermost calls of the worker's own thread, heartbeat thread apart);
+  the rest is Optuna's own Python (the objective does nothing else).
+
+Without ``--url`` it starts a throwaway server (tests/postgres_server.py, fsync on,
+as a real server runs) and creates a database in it; with ``--url`` it uses that
+database and a fresh study name.
+
+Run (about a minute on 2 cores):
+    python benchmarks/postgres_load.py
+"""
+
+from __future__ import annotations
+
+import inspect
+import multiprocessing
+import statistics
+import sys
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import optuna
+from _common import headline, machine, parser, write_result
+from optuna.trial import TrialState
+
+from balance.study import open_storage
+
+NAME = "postgres_load"
+TESTS = Path(__file__).parent.parent / "tests"
+
+
+class StorageClock:
+    """Time spent in a storage's methods, outermost calls of one thread only."""
+
+    def __init__(self, storage: Any) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+        self.by_method: dict[str, list[float]] = {}  # name: [seconds, calls]
+        self._depth = 0
+        self._thread = threading.get_ident()
+        for name in dir(storage):
+            method = getattr(storage, name)
+            if name.startswith("__") or not inspect.ismethod(method):
+                continue
+            setattr(storage, name, self._timed(name, method))
+
+    def reset(self) -> None:
+        self.seconds, self.calls, self.by_method = 0.0, 0, {}
+
+    def _timed(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() != self._thread or self._depth:
+                return method(*args, **kwargs)
+            self._depth += 1
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                seconds = time.perf_counter() - started
+                self.seconds += seconds
+                self.calls += 1
+                entry = self.by_method.setdefault(name, [0.0, 0])
+                entry[0] += seconds
+                entry[1] += 1
+                self._depth -= 1
+
+        return timed
+
+
+def worker(url: str, study_name: str, trials: int, ready: Any, go: Any, results: Any) -> None:
+    """One worker process: open the storage, wait for the start, run its trials, report."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    storage = open_storage(url)
+    clock = StorageClock(storage)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+
+    def objective(trial: optuna.Trial) -> float:
+        return float(trial.suggest_int("task", 0, 10**9))  # the queued task, or a repeat
+
+    ready.release()
+    go.wait()
+    clock.reset()  # loading the study is set-up, not load
+    started = time.monotonic()  # CLOCK_MONOTONIC: comparable across processes
+    study.optimize(objective, n_trials=trials, gc_after_trial=False)
+    ended = time.monotonic()
+    results.put(
+        {
+            "seconds": ended - started,
+            "ended": ended,
+            "storage_seconds": clock.seconds,
+            "storage_calls": clock.calls,
+            "storage_by_method": clock.by_method,
+        }
+    )
+
+
+@contextmanager
+def database(url: str | None) -> Iterator[tuple[str, str]]:
+    """(database URL, where it came from): the given one, or a throwaway server's."""
+    if url:
+        yield url, "given"
+        return
+    sys.path.insert(0, str(TESTS))
+    from postgres_server import create_database, throwaway_server
+
+    with throwaway_server(durable=True) as admin:
+        yield create_database(admin, "balance_load"), "throwaway server, fsync on"
+
+
+def run(url: str, workers: int, trials: int) -> dict[str, Any]:
+    """Queue ``workers * trials`` tasks, run the workers, count what came back."""
+    total = workers * trials
+    study_name = f"load-{uuid.uuid4().hex[:8]}"
+    study = optuna.create_study(study_name=study_name, storage=open_storage(url))
+    for task in range(total):
+        study.enqueue_trial({"task": task})
+    context = multiprocessing.get_context("spawn")
+    ready, go, results = context.Semaphore(0), context.Event(), context.SimpleQueue()
+    processes = [
+        context.Process(target=worker, args=(url, study_name, trials, ready, go, results))
+        for _ in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    for _ in processes:
+        ready.acquire()
+    started = time.monotonic()
+    go.set()
+    for process in processes:
+        process.join()
+    assert all(process.exitcode == 0 for process in processes), "a worker failed"
+    per_worker = [results.get() for _ in processes]
+    wall = max(w.pop("ended") for w in per_worker) - started
+
+    trials_found = study.get_trials(deepcopy=False)
+    complete = [t for t in trials_found if t.state == TrialState.COMPLETE]
+    counts: dict[int, int] = {}
+    for trial in complete:
+        counts[trial.params["task"]] = counts.get(trial.params["task"], 0) + 1
+    busy = sum(w["seconds"] for w in per_worker)
+    by_method: dict[str, list[float]] = {}
+    for each in per_worker:
+        for name, (seconds, calls) in each.pop("storage_by_method").items():
+            entry = by_method.setdefault(name, [0.0, 0])
+            entry[0] += seconds
+            entry[1] += calls
+    return {
+        "workers": workers,
+        "trials_per_worker": trials,
+        "queued": total,
+        "completed": len(complete),
+        "lost": sum(task not in counts for task in range(total)),
+        "repeated": sum(count - 1 for count in counts.values() if count > 1),
+        "other_states": {
+            state.name: sum(t.state == state for t in trials_found)
+            for state in (TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
+        },
+        "wall_seconds": wall,
+        "trials_per_second": total / wall,
+        "storage_share": sum(w["storage_seconds"] for w in per_worker) / busy,
+        "storage_calls_per_trial": sum(w["storage_calls"] for w in per_worker) / total,
+        # where the storage time goes: method -> share of worker time, calls per trial
+        "storage_methods": {
+            name: {"share": seconds / busy, "calls_per_trial": calls / total}
+            for name, (seconds, calls) in sorted(by_method.items(), key=lambda kv: -kv[1][0])
+        },
+        "ms_per_trial_per_worker": statistics.fmean(
+            1000 * w["seconds"] / trials for w in per_worker
+        ),
+        "per_worker": per_worker,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parser(__doc__.splitlines()[0])
+    arguments.add_argument("--url", help="a PostgreSQL database URL (default: throwaway server)")
+    arguments.add_argument("--workers", type=int, default=4)
+    arguments.add_argument("--trials", type=int, default=None, help="per worker (quick: 20)")
+    args = arguments.parse_args(argv)
+    started = time.perf_counter()
+    info = machine()
+    trials = args.trials or (20 if args.quick else 200)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with database(args.url) as (url, source):
+        result = run(url, args.workers, trials)
+    result["server"] = source
+    intact = result["lost"] == 0 and result["repeated"] == 0
+    intact = intact and not any(result["other_states"].values())
+    headlines = [
+        headline(
+            f"PostgreSQL, {args.workers} workers x {trials} trials: lost / repeated",
+            f"{result['lost']} / {result['repeated']} of {result['queued']}",
+            "0 / 0",
+            intact,
+        ),
+        headline(
+            f"PostgreSQL trials/s ({args.workers} workers, empty objective)",
+            f"{result['trials_per_second']:.1f} trials/s; storage {result['storage_share']:.0%} "
+            f"of worker time, {result['storage_calls_per_trial']:.1f} storage calls a trial",
+        ),
+    ]
+    for row in headlines:
+        print(row["measure"], row["value"], flush=True)
+    write_result(
+        NAME,
+        result,
+        out_dir=args.out_dir,
+        quick=args.quick,
+        started=started,
+        machine_info=info,
+        headlines=headlines,
+    )
+    return 0 if intact else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
