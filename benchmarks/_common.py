@@ -160,9 +160,10 @@ def _met(value: bool | None) -> str:
 def _foreign_rows(name: str, document: dict[str, Any]) -> list[list[Any]]:
     # A JSON written by a script that does not use this module: show its top-level numbers.
     numbers = {
-        key: value
+        key: round(value, 4) if isinstance(value, float) else value
         for key, value in document.items()
-        if isinstance(value, int | float | str) and not isinstance(value, bool)
+        if (isinstance(value, int | float) and not isinstance(value, bool))
+        or (isinstance(value, str) and len(value) <= 60)
     }
     shown = ", ".join(f"{key}={value}" for key, value in list(numbers.items())[:8])
     return [[name, "(top-level values)", shown or "see JSON", "", ""]]

@@ -78,7 +78,8 @@ def quick_study(name: str) -> StudyConfig:
         "search": {"weight_decay": [0.0, 1e-3], "dropout": [0.0, 0.2]},
         "baseline": {"optimizer": "adam", "policy": "constant", "max_lr": 1e-2},
     }
-    return build(StudyConfig, values)  # type: ignore[no-any-return]
+    config: StudyConfig = build(StudyConfig, values)
+    return config
 
 
 @contextlib.contextmanager

@@ -11,6 +11,10 @@ DataLoader) and validate once per epoch. Two figures per case:
 - ``wall``: the whole call, model construction and per-epoch validation
   included, on both sides.
 
+``extra_ops_per_step`` lists the operators ``train()`` runs more often than the
+bare loop, per step, counted by ``torch.profiler`` (a load-independent check
+that the hot loop does no extra per-step work: only a ``detach`` of the loss).
+
 Each repeat runs the bare loop and ``train()`` back to back (order alternating)
 and the ratio of the pair is kept; the figure is the median over repeats. Runs
 are short (about 2 s) and many, so a burst of load from other processes hits one
@@ -62,20 +66,25 @@ def _validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def bare_loop(config: TrainConfig, data: Dataset) -> dict[str, float]:
     """The loop a user would write by hand: samples/s of its steps, and its wall time."""
     started = time.perf_counter()
+    max_lr = config.max_lr if config.max_lr is not None else 0.1
     torch.manual_seed(config.seed)
     model = build_model(config.model, data.input_shape, data.num_classes, config.dropout)
     weights = [p for p in model.parameters() if p.dim() >= 2]
     others = [p for p in model.parameters() if p.dim() < 2]
+    groups: list[dict[str, Any]] = [
+        {"params": weights, "weight_decay": config.weight_decay},
+        {"params": others},
+    ]
     optimizer = torch.optim.SGD(
-        [{"params": weights, "weight_decay": config.weight_decay}, {"params": others}],
-        lr=config.max_lr,
+        groups,
+        lr=max_lr,
         momentum=config.momentum,
         weight_decay=0.0,
     )
     steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
-        max_lr=config.max_lr,
+        max_lr=max_lr,
         total_steps=config.epochs * steps_per_epoch,
         pct_start=config.resolved_pct_start,
         anneal_strategy="linear",
@@ -146,6 +155,30 @@ def run_case(config: TrainConfig, data: Dataset, repeats: int) -> dict[str, Any]
     }
 
 
+def extra_ops_per_step(config: TrainConfig, data: Dataset) -> dict[str, float]:
+    """Operators ``train()`` calls more often than the bare loop, per training step.
+
+    Counted by ``torch.profiler`` over one run of each (a count, not a time, so
+    it does not depend on the machine's load). Per-epoch work (validation, the
+    one loss read) shows up as fractions below one.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    counts = []
+    for loop in (bare_loop, balance_loop):
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            loop(config, data)
+        counts.append({event.key: event.count for event in profiler.key_averages()})
+    bare, ours = counts
+    steps = config.epochs * math.ceil(len(data.x_train) / config.batch_size)
+    extra = {
+        name: (ours.get(name, 0) - bare.get(name, 0)) / steps
+        for name in sorted(set(bare) | set(ours))
+        if ours.get(name, 0) != bare.get(name, 0)
+    }
+    return {name: round(value, 3) for name, value in extra.items()}
+
+
 def profile(config: TrainConfig, data: Dataset) -> None:
     """Print the functions ``train()`` spends most of its own time in."""
     train(config, data=data)
@@ -177,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 profile(config, data)
             key = f"{name}/threads={threads}"
             results[key] = case = run_case(config, data, repeats)
+            case["extra_ops_per_step"] = extra_ops_per_step(config, data)
             low, high = case["ratio_steps_range"]
             headlines.append(
                 headline(

@@ -72,7 +72,7 @@ CASES = {
     ),
 }
 
-SETTINGS = {
+SETTINGS: dict[str, dict[str, Any]] = {
     # name -> RangeTestConfig overrides, each compared with the defaults (val_every=5)
     "default": {},
     "ema_beta=0.98": {"ema_beta": 0.98},
@@ -247,7 +247,7 @@ def run_case(
     ]
     best = max(grid_summary, key=lambda row: row["val_accuracy"])
     best_test = max(grid_summary, key=lambda row: row["test_accuracy"])
-    rules = {}
+    rules: dict[str, dict[str, Any]] = {}
     for rule, runs in rule_runs.items():
         if not runs:
             rules[rule] = {"answered": 0}
@@ -299,7 +299,7 @@ def run_settings(
     )
     out = {}
     for name, overrides in SETTINGS.items():
-        range_config = RangeTestConfig(**{"val_every": 5, **overrides})
+        range_config = RangeTestConfig.model_validate({"val_every": 5, **overrides})
         tests = [range_test_at(config, data, range_config, seed) for seed in seeds]
         per_rule = {}
         for rule in RULES:

@@ -64,7 +64,8 @@ def study_config(name: str, quick: bool) -> StudyConfig:
         },
         "search": search,
     }
-    return build(StudyConfig, values)  # type: ignore[no-any-return]
+    config: StudyConfig = build(StudyConfig, values)
+    return config
 
 
 def run_once(workers: int, root: Path, quick: bool, counter: list[int]) -> dict[str, Any]:
