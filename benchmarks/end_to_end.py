@@ -152,6 +152,13 @@ def run_once(config: StudyConfig, root: Path) -> dict[str, Any]:
         "training_s": training,
         "test_accuracy": result.summary.get("test", {}).get("chosen", {}).get("test_accuracy"),
         "best_val_accuracy": (result.summary.get("best") or {}).get("val_accuracy"),
+        # The grid as search_efficiency.py compares TPE with it (saves it a rerun).
+        "grid": {
+            "best_val_accuracy": (result.summary.get("best") or {}).get("val_accuracy"),
+            "steps_total": result.summary.get("steps_total"),
+            "max_lr": result.summary.get("max_lr"),
+            "states": result.summary.get("trials"),
+        },
     }
 
 
