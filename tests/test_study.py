@@ -18,7 +18,7 @@ from study_helpers import study_config
 from balance.analysis import audit, trials_frame
 from balance.config import ConfigError, StudyConfig
 from balance.study import _learning_rate as learning_rate_module
-from balance.study import cell_key, grid_cells, sweep
+from balance.study import cell_key, evaluate_on_test, grid_cells, preflight, sweep
 
 TESTS = Path(__file__).parent
 
@@ -172,3 +172,23 @@ def test_worker_killed_mid_trial_is_resumed_without_loss_or_repeats(tmp_path: Pa
     frame = trials_frame(study, config)
     report = audit(frame, config)
     assert report["missing"] == [] and report["duplicated"] == []
+
+
+def test_test_split_runs_shared_by_two_processes_equal_the_runs_in_one(tmp_path: Path) -> None:
+    config = tiny_study(
+        "test-split",
+        seeds=2,
+        search={"weight_decay": [0.0], "dropout": [0.0, 0.2]},
+        baseline={"optimizer": "adam", "policy": "constant", "max_lr": 0.01},
+    )
+    sweep(config, root=tmp_path)
+    study = load(config, tmp_path)
+    data = preflight(config)
+    one = evaluate_on_test(study, config, data, threads=1, workers=1)
+    study.set_user_attr("final", None)  # forget it, so it is computed again
+
+    two = evaluate_on_test(study, config, data, threads=1, workers=2)
+
+    assert two == one
+    assert [run["seed"] for run in two["chosen"]["runs"]] == [0, 1]
+    assert len(two["baseline"]["runs"]) == 2

@@ -32,7 +32,7 @@ from balance.study._storage import (
     open_storage,
     storage_url,
 )
-from balance.train import train
+from balance.train import resolve_device, train
 
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 STOP_GRACE_S = 30  # how long a stopped local worker may take to record its trial as failed
@@ -502,12 +502,17 @@ def best_params(study: optuna.Study, config: StudyConfig) -> tuple[int, dict[str
 
 
 def evaluate_on_test(
-    study: optuna.Study, config: StudyConfig, data: Dataset, threads: int | None = None
+    study: optuna.Study,
+    config: StudyConfig,
+    data: Dataset,
+    threads: int | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Train the chosen setting (and the baseline) once per seed and measure the test split.
 
     The test split chooses nothing: selection already happened on validation.
     The result is stored in the study, so it is computed once per best trial.
+    The runs are independent: ``workers`` local processes (joblib) share them out.
     """
     number, params = best_params(study, config)
     stored = study.user_attrs.get("final")
@@ -517,36 +522,47 @@ def evaluate_on_test(
     chosen = config.train.model_copy(
         update={**params, "max_lr": max_lrs[params["batch_size"]], "threads": threads}
     )
-    final: dict[str, Any] = {
-        "trial": number,
-        "params": params,
-        "chosen": _test_runs(chosen, config.seeds, data),
-    }
+    bases = {"chosen": chosen}
     baseline = config.baseline_config
     if baseline is not None:
         if baseline.max_lr is None:
             baseline = baseline.model_copy(update={"max_lr": max_lrs.get(baseline.batch_size)})
-        baseline = baseline.model_copy(update={"threads": threads})
-        final["baseline"] = {"config": config.baseline, **_test_runs(baseline, config.seeds, data)}
+        bases["baseline"] = baseline.model_copy(update={"threads": threads})
+    jobs = [
+        (name, base.model_copy(update={"seed": base.seed + index}))
+        for name, base in bases.items()
+        for index in range(config.seeds)
+    ]
+    from joblib import Parallel, delayed
+
+    # CUDA runs stay in this process: one device, no gain from sharing it out.
+    on_cuda = chosen.device != "cpu" and "cuda" in str(resolve_device(chosen.device))
+    n_jobs = 1 if on_cuda else max(1, min(workers, len(jobs)))
+    runs = Parallel(n_jobs=n_jobs, backend="loky")(
+        delayed(_test_run)(run_config, data) for _, run_config in jobs
+    )
+    final: dict[str, Any] = {"trial": number, "params": params}
+    for name, base in bases.items():
+        mine = [run for (owner, _), run in zip(jobs, runs, strict=True) if owner == name]
+        final[name] = _test_summary(base, mine)
+    if "baseline" in final:
+        final["baseline"] = {"config": config.baseline, **final["baseline"]}
     study.set_user_attr("final", final)
     return final
 
 
-def _test_runs(base: Any, seeds: int, data: Dataset) -> dict[str, Any]:
-    runs = []
-    for index in range(seeds):
-        result = train(
-            base.model_copy(update={"seed": base.seed + index}), data=data, track_test=True
-        )
-        runs.append(
-            {
-                "seed": base.seed + index,
-                "test_accuracy": result.test_accuracy,
-                "steps": [m.step for m in result.epochs],
-                "test_curve": [m.test_accuracy for m in result.epochs],
-                "diverged": result.diverged is not None,
-            }
-        )
+def _test_run(config: Any, data: Dataset) -> dict[str, Any]:
+    result = train(config, data=data, track_test=True)
+    return {
+        "seed": config.seed,
+        "test_accuracy": result.test_accuracy,
+        "steps": [m.step for m in result.epochs],
+        "test_curve": [m.test_accuracy for m in result.epochs],
+        "diverged": result.diverged is not None,
+    }
+
+
+def _test_summary(base: Any, runs: list[dict[str, Any]]) -> dict[str, Any]:
     values = [run["test_accuracy"] for run in runs if run["test_accuracy"] is not None]
     mean = sum(values) / len(values) if values else None
     std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5 if mean is not None else None
@@ -581,7 +597,10 @@ def sweep(
     prepare(config, url, data)
     run_workers(config, url, workers or config.workers, on_progress)
     study = load_existing(config.name, open_storage(url))
-    evaluate_on_test(study, config, data, threads=config.train.threads)
+    n_workers = workers or config.workers
+    evaluate_on_test(
+        study, config, data, threads=_worker_plan(config, n_workers)[0][0], workers=n_workers
+    )
     out_dir = root / config.name
     summary = write_results(
         study, config, out_dir, url=url, wall_time=time.perf_counter() - started
