@@ -288,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for result in out["variants"].values():
             lrs = ", ".join(f"{lr:.3g}" for lr in result["max_lr"])
+            all_runs = [r for runs in result["runs"].values() for r in runs]
+            diverged = sum(r["diverged"] for r in all_runs)
+            lrs += f"; {diverged} of {len(all_runs)} runs diverged" if diverged else ""
             if result["speedup"] is None:
                 best = max(result["budgets"], key=lambda row: row["test_accuracy"])
                 value = (
