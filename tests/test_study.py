@@ -192,3 +192,11 @@ def test_test_split_runs_shared_by_two_processes_equal_the_runs_in_one(tmp_path:
     assert two == one
     assert [run["seed"] for run in two["chosen"]["runs"]] == [0, 1]
     assert len(two["baseline"]["runs"]) == 2
+
+
+def test_a_one_cell_grid_runs_its_cell_once(tmp_path: Path) -> None:
+    # Optuna's GridSampler.after_trial read a grid_id that queued trials never get.
+    config = tiny_study("one-cell", search={"weight_decay": [1e-3], "dropout": [0.0]})
+    result = sweep(config, root=tmp_path)
+    assert result.summary["trials"] == {"complete": 1}
+    assert trained_cells(load(config, tmp_path)) == ["weight_decay=0.001|dropout=0.0"]

@@ -11,7 +11,7 @@ import socket
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,13 +63,32 @@ class SweepResult:
     report: Path
 
 
+class QueuedGridSampler(optuna.samplers.GridSampler):
+    """GridSampler for cells queued with ``enqueue_trial``; the workers decide when to stop.
+
+    GridSampler.after_trial stops the study when one grid point is left and reads the
+    finished trial's ``grid_id``, which queued trials never get: a one-cell grid raised
+    ``KeyError: 'grid_id'``. Workers here run one trial per ``optimize`` call and stop
+    when the queue is empty, so that stop is not needed.
+    """
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        """Do nothing: the queue, not the sampler, ends a grid study."""
+
+
 def make_sampler(config: StudyConfig, worker_index: int = 0) -> optuna.samplers.BaseSampler:
     """The study's sampler; each worker gets its own seed (fixed seeds repeat across workers)."""
     seed = config.sampler_seed + worker_index
     if config.sampler == "grid":
         axes = config.search.axes()
         grid = {name: axis for name, axis in axes.items() if isinstance(axis, list)}
-        return optuna.samplers.GridSampler(grid, seed=seed)
+        return QueuedGridSampler(grid, seed=seed)
     if config.sampler == "tpe":
         startup = min(10, config.n_trials or 10)
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
