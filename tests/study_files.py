@@ -11,10 +11,34 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from balance.study import open_storage
+from balance.config import StudyConfig, build
+from balance.study import open_storage, storage_url
 
 ROOT = Path(__file__).parent.parent
 BALANCE = [sys.executable, "-m", "balance.cli"]
+
+
+def merged(values: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """``values`` with ``overrides`` applied, tables merged one level deep."""
+    result = dict(values)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = {**result[key], **value}
+        else:
+            result[key] = value
+    return result
+
+
+def study_config(values: dict[str, Any], **overrides: Any) -> StudyConfig:
+    """``values`` with ``overrides`` applied, validated."""
+    return build(StudyConfig, merged(values, **overrides))  # type: ignore[no-any-return]
+
+
+def load_study(config: StudyConfig, root: Path) -> optuna.Study:
+    """The stored study of ``config`` under ``root`` (the default journal file)."""
+    return optuna.load_study(
+        study_name=config.name, storage=open_storage(storage_url(config, None, root))
+    )
 
 
 def tiny_values(name: str, **overrides: Any) -> dict[str, Any]:
@@ -34,12 +58,7 @@ def tiny_values(name: str, **overrides: Any) -> dict[str, Any]:
         "range_test": {"num_steps": 20},
         "search": {"weight_decay": [0.0, 1e-3], "dropout": [0.0, 0.2]},
     }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(values.get(key), dict):
-            values[key] = {**values[key], **value}
-        else:
-            values[key] = value
-    return values
+    return merged(values, **overrides)
 
 
 def toml_text(values: dict[str, Any]) -> str:

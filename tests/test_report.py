@@ -15,8 +15,8 @@ import pytest
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from optuna.trial import TrialState
-from study_helpers import load_study as load
-from study_helpers import study_config as merged_config
+from study_files import load_study as load
+from study_files import study_config as merged_config
 
 from balance.analysis import (
     balance_grid,

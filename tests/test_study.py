@@ -12,8 +12,8 @@ from typing import Any
 import optuna
 import pytest
 from optuna.trial import TrialState
-from study_helpers import load_study as load
-from study_helpers import study_config
+from study_files import load_study as load
+from study_files import study_config, tiny_values
 
 from balance.analysis import audit, trials_frame
 from balance.config import ConfigError, StudyConfig
@@ -25,22 +25,7 @@ TESTS = Path(__file__).parent
 
 def tiny_study(name: str, **overrides: Any) -> StudyConfig:
     """A digits/mlp grid of 2 x 2 x 1 cells, one epoch per run: a trial takes well under 1 s."""
-    values: dict[str, Any] = {
-        "name": name,
-        "sampler": "grid",
-        "seeds": 1,
-        "train": {
-            "data": "digits",
-            "model": "mlp",
-            "epochs": 1,
-            "batch_size": 64,
-            "threads": 1,
-            "max_lr": 0.1,
-        },
-        "range_test": {"num_steps": 20},
-        "search": {"weight_decay": [0.0, 1e-3], "dropout": [0.0, 0.2]},
-    }
-    return study_config(values, **overrides)
+    return study_config(tiny_values(name), **overrides)
 
 
 def trained_cells(study: optuna.Study) -> list[str]:
