@@ -283,10 +283,14 @@ def _check_arrays(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tens
 
 def _standardize(x_train: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
     # Per-channel statistics of the training split only, so validation and test leak nothing.
+    # They are summed in float64: a float32 reduction splits its work by torch's thread
+    # count, so the data (and every run after it) would depend on how many threads
+    # loaded it.
     dims = [0, *range(2, x_train.dim())]
-    mean = x_train.mean(dim=dims, keepdim=True)
-    std = x_train.std(dim=dims, keepdim=True).clamp_min(1e-6)
-    return tuple((x - mean) / std for x in (x_train, *others))
+    wide = x_train.double()
+    mean = wide.mean(dim=dims, keepdim=True)
+    std = wide.std(dim=dims, keepdim=True).clamp_min(1e-6)
+    return tuple(((x.double() - mean) / std).to(x_train.dtype) for x in (x_train, *others))
 
 
 def load_dataset(

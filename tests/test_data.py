@@ -97,6 +97,22 @@ def test_standardization_uses_training_statistics_only(traceable: Callable[..., 
     assert (data.x_test[:, 0, 0] > 10).all()  # far-off test rows stay far off
 
 
+def test_loaded_data_does_not_depend_on_the_thread_count() -> None:
+    # Float32 reductions split their work by thread count; a study's workers load the
+    # data under 1 thread each, `balance train` under all of them, and both must train
+    # on the same bits to give the same result for the same seed.
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = load_dataset("mnist1d")
+        torch.set_num_threads(2)
+        two = load_dataset("mnist1d")
+    finally:
+        torch.set_num_threads(before)
+    for split in ("x_train", "x_val", "x_test"):
+        assert torch.equal(getattr(one, split), getattr(two, split)), split
+
+
 def test_flat_features_get_one_channel_and_classes_are_counted(
     traceable: Callable[..., Dataset],
 ) -> None:
