@@ -210,7 +210,10 @@ def _row(values: Iterable[Any]) -> str:
 
 def print_range_test(result: "RangeTestResult") -> None:
     stop = "" if result.diverged_at is None else f", diverged at step {result.diverged_at}"
-    typer.echo(f"LR range test: {len(result.lrs)} steps at batch_size {result.batch_size}{stop}")
+    averaged = "" if result.repeats == 1 else f", mean of {result.repeats} sweeps"
+    typer.echo(
+        f"LR range test: {len(result.lrs)} steps at batch_size {result.batch_size}{averaged}{stop}"
+    )
     typer.echo("suggestions (* = the rule that gave max_lr):")
     for rule, lr in result.suggestions.items():
         typer.echo(f"  {'*' if rule == result.rule else ' '} {rule:<9} {_number(lr)}")

@@ -57,8 +57,11 @@ SUPER_CONVERGENCE_FACTOR = 3.0
 DEFAULT_ACCURACY_TOLERANCE: float = RangeTestConfig.model_fields["accuracy_tolerance"].default
 """Absolute accuracy below the peak that still counts as its plateau."""
 
-FALLBACK_ORDER = ("valley", "minimum", "steepest", "accuracy")
-"""Rules tried, in this order, when the chosen rule cannot answer."""
+DEFAULT_MINIMUM_FRACTION: float = RangeTestConfig.model_fields["minimum_fraction"].default
+"""Share of the loss-minimum LR the ``minimum`` rule suggests."""
+
+FALLBACK_ORDER = ("minimum", "steepest", "accuracy", "valley")
+"""Rules tried, in this order, when the chosen rule cannot answer (best measured first)."""
 
 
 class RangeTestWarning(UserWarning):
@@ -93,7 +96,8 @@ class RangeTestResult:
     non-finite loss is kept in ``losses`` and its ``smoothed`` entry is NaN).
     ``rule`` is the rule whose LR became ``max_lr``: the configured one unless it
     could not answer (a warning then names the fallback; ``"start_lr"`` when no
-    rule could). ``min_lr`` is ``max_lr / div_factor``, the 1cycle start LR.
+    rule could). ``min_lr`` is ``max_lr / div_factor``, the 1cycle start LR. ``repeats``
+    sweeps from fresh seeds were averaged into these curves.
     """
 
     lrs: list[float]
@@ -111,6 +115,7 @@ class RangeTestResult:
     batch_size: int
     diagnostic: SuperConvergence
     warnings: list[str] = field(default_factory=list)
+    repeats: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """A dict that strict JSON accepts: non-finite floats become ``None``."""
@@ -233,13 +238,23 @@ def suggest_valley(
 
 
 def suggest_minimum(
-    lrs: Sequence[float], smoothed: Sequence[float], *, skip_start: int = 0
+    lrs: Sequence[float],
+    smoothed: Sequence[float],
+    *,
+    skip_start: int = 0,
+    fraction: float = DEFAULT_MINIMUM_FRACTION,
 ) -> float | None:
-    """One tenth of the LR at the smoothed loss's minimum (fastai's "minimum")."""
+    """``fraction`` of the LR at the smoothed loss's minimum.
+
+    The minimum is the largest LR at which the loss still went down; backing off
+    from it leaves room for 1cycle's peak. fastai's "minimum" is ``fraction=0.1``.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     x, y = _usable(lrs, smoothed, skip_start)
     if len(x) < MIN_POINTS:
         return None
-    return float(x[int(np.argmin(y))] / 10)
+    return float(x[int(np.argmin(y))] * fraction)
 
 
 def _plateau(
@@ -298,12 +313,15 @@ def suggest_all(
     skip_start: int = 0,
     mode: SweepMode = "exp",
     tolerance: float = DEFAULT_ACCURACY_TOLERANCE,
+    minimum_fraction: float = DEFAULT_MINIMUM_FRACTION,
 ) -> dict[str, float | None]:
     """Every rule's LR, ``None`` where a rule cannot answer."""
     return {
         "steepest": suggest_steepest(lrs, smoothed, skip_start=skip_start, mode=mode),
         "valley": suggest_valley(lrs, smoothed, skip_start=skip_start),
-        "minimum": suggest_minimum(lrs, smoothed, skip_start=skip_start),
+        "minimum": suggest_minimum(
+            lrs, smoothed, skip_start=skip_start, fraction=minimum_fraction
+        ),
         "accuracy": suggest_accuracy(val_lrs, val_accuracies, tolerance=tolerance),
     }
 
@@ -462,56 +480,31 @@ def _validation_subset(data: Dataset, size: int) -> tuple[Tensor, Tensor]:
     return data.x_val[index], data.y_val[index]
 
 
-def range_test(
+@dataclass
+class _Sweep:
+    """The raw record of one sweep (or the step-by-step mean of several)."""
+
+    lrs: list[float]
+    losses: list[float]
+    val_steps: list[int]
+    val_losses: list[float]
+    val_accuracies: list[float]
+    diverged_at: int | None
+
+
+def _sweep(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     data: Dataset,
     *,
     batch_size: int,
-    config: RangeTestConfig | None = None,
-    div_factor: float = 25.0,
-    generator: torch.Generator | None = None,
-    augment: bool = False,
-) -> RangeTestResult:
-    """Sweep the LR over ``config.num_steps`` training steps and suggest ``max_lr``.
-
-    Stops early, without raising, when the smoothed loss exceeds
-    ``diverge_threshold`` times its best or a loss is not finite. Every parameter
-    group gets the same swept LR. Everything the test touches is restored
-    afterwards (see the module docstring).
-
-    Args:
-        model: the network, on the same device as ``data``.
-        optimizer: its optimizer; momentum/beta1 stay as set.
-        data: the data set; batches come from ``x_train``, validation from ``x_val``.
-        batch_size: examples per step (the LR to suggest depends on it).
-        config: sweep, smoothing, stop and rule settings (default ``RangeTestConfig()``).
-        div_factor: ``min_lr = max_lr / div_factor`` (the 1cycle start LR).
-        generator: shuffles the batches; by default one seeded from torch's global
-            RNG (whose state is restored afterwards).
-        augment: augment image batches as training would.
-
-    Returns:
-        The curves, every rule's suggestion, the chosen ``max_lr`` and ``min_lr``,
-        the super-convergence diagnostic and any warnings (also issued as
-        :class:`RangeTestWarning`).
-    """
-    config = RangeTestConfig() if config is None else config
-    if not 1 <= batch_size <= len(data.x_train):
-        raise ConfigError(
-            f"batch_size: must be between 1 and the training split size "
-            f"({len(data.x_train)}), got {batch_size}"
-        )
-    if div_factor <= 1:
-        raise ConfigError(f"div_factor: must be > 1, got {div_factor}")
+    config: RangeTestConfig,
+    generator: torch.Generator | None,
+    augment: bool,
+) -> _Sweep:
+    """Train through the LR schedule, recording each step; restore everything afterwards."""
     schedule = sweep_lrs(config.start_lr, config.end_lr, config.num_steps, config.mode)
-    lrs: list[float] = []
-    losses: list[float] = []
-    smoothed: list[float] = []
-    val_steps: list[int] = []
-    val_losses: list[float] = []
-    val_accuracies: list[float] = []
-    diverged_at = None
+    record = _Sweep([], [], [], [], [], None)
     saved = _save(model, optimizer)
     try:
         if generator is None:
@@ -531,59 +524,82 @@ def range_test(
             loss.backward()
             optimizer.step()
             value = loss.item()  # one host sync per step: the stop rule needs the value
-            lrs.append(lr)
-            losses.append(value)
+            record.lrs.append(lr)
+            record.losses.append(value)
             if not math.isfinite(value):
-                smoothed.append(math.nan)
-                diverged_at = step
+                record.diverged_at = step
                 break
             average = beta * average + (1 - beta) * value
             current = average / (1 - beta ** (step + 1))  # bias correction, as smooth()
-            smoothed.append(current)
             best = min(best, current)
             if config.val_every and (step + 1) % config.val_every == 0:
                 val_loss, val_accuracy = evaluate(model, x_val, y_val)
-                val_steps.append(step)
-                val_losses.append(val_loss)
-                val_accuracies.append(val_accuracy)
+                record.val_steps.append(step)
+                record.val_losses.append(val_loss)
+                record.val_accuracies.append(val_accuracy)
             if current > config.diverge_threshold * best:
-                diverged_at = step
+                record.diverged_at = step
                 break
     finally:
         _restore(saved, model, optimizer)
+    return record
 
-    val_lrs = [lrs[step] for step in val_steps]
+
+def _mean_sweep(sweeps: Sequence[_Sweep]) -> _Sweep:
+    """Step-by-step means of sweeps over the same schedule, up to where the first one stopped."""
+    if len(sweeps) == 1:
+        return sweeps[0]
+    length = min(len(sweep.losses) for sweep in sweeps)
+    stopped = any(sweep.diverged_at == length - 1 for sweep in sweeps)
+    val_count = min(sum(step < length for step in sweep.val_steps) for sweep in sweeps)
+    return _Sweep(
+        lrs=sweeps[0].lrs[:length],
+        losses=np.mean([sweep.losses[:length] for sweep in sweeps], axis=0).tolist(),
+        val_steps=sweeps[0].val_steps[:val_count],
+        val_losses=np.mean([s.val_losses[:val_count] for s in sweeps], axis=0).tolist(),
+        val_accuracies=np.mean([s.val_accuracies[:val_count] for s in sweeps], axis=0).tolist(),
+        diverged_at=length - 1 if stopped else None,
+    )
+
+
+def _result(
+    sweep: _Sweep, config: RangeTestConfig, *, batch_size: int, div_factor: float, repeats: int
+) -> RangeTestResult:
+    """Smooth the curve, ask every rule, choose ``max_lr``, diagnose and warn."""
+    smoothed = smooth(sweep.losses, config.ema_beta)
+    val_lrs = [sweep.lrs[step] for step in sweep.val_steps]
     suggestions = suggest_all(
-        lrs,
+        sweep.lrs,
         smoothed,
         val_lrs,
-        val_accuracies,
+        sweep.val_accuracies,
         skip_start=config.skip_start,
         mode=config.mode,
         tolerance=config.accuracy_tolerance,
+        minimum_fraction=config.minimum_fraction,
     )
     found = curve_warnings(
-        lrs,
+        sweep.lrs,
         smoothed,
         num_steps=config.num_steps,
-        diverged_at=diverged_at,
+        diverged_at=sweep.diverged_at,
         skip_start=config.skip_start,
     )
     rule, max_lr = _choose(suggestions, config.rule, config.start_lr, found)
     diagnostic = diagnose_super_convergence(
-        val_lrs, val_accuracies, suggestions["steepest"], tolerance=config.accuracy_tolerance
+        val_lrs, sweep.val_accuracies, suggestions["steepest"], tolerance=config.accuracy_tolerance
     )
     for message in found:
-        warnings.warn(message, RangeTestWarning, stacklevel=2)
+        warnings.warn(message, RangeTestWarning, stacklevel=3)
     return RangeTestResult(
-        lrs=lrs,
-        losses=losses,
+        lrs=sweep.lrs,
+        losses=sweep.losses,
         smoothed=smoothed,
-        val_steps=val_steps,
+        val_steps=sweep.val_steps,
         val_lrs=val_lrs,
-        val_losses=val_losses,
-        val_accuracies=val_accuracies,
-        diverged_at=diverged_at,
+        val_losses=sweep.val_losses,
+        val_accuracies=sweep.val_accuracies,
+        diverged_at=sweep.diverged_at,
         suggestions=suggestions,
         rule=rule,
         max_lr=max_lr,
@@ -591,7 +607,67 @@ def range_test(
         batch_size=batch_size,
         diagnostic=diagnostic,
         warnings=found,
+        repeats=repeats,
     )
+
+
+def _check_sizes(data: Dataset, batch_size: int, div_factor: float) -> None:
+    if not 1 <= batch_size <= len(data.x_train):
+        raise ConfigError(
+            f"batch_size: must be between 1 and the training split size "
+            f"({len(data.x_train)}), got {batch_size}"
+        )
+    if div_factor <= 1:
+        raise ConfigError(f"div_factor: must be > 1, got {div_factor}")
+
+
+def range_test(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: Dataset,
+    *,
+    batch_size: int,
+    config: RangeTestConfig | None = None,
+    div_factor: float = 25.0,
+    generator: torch.Generator | None = None,
+    augment: bool = False,
+) -> RangeTestResult:
+    """Sweep the LR over ``config.num_steps`` training steps of this model and suggest ``max_lr``.
+
+    One sweep of the model as it stands (``config.repeats`` is for
+    :func:`find_max_lr`, which builds fresh models). Stops early, without
+    raising, when the smoothed loss exceeds ``diverge_threshold`` times its best
+    or a loss is not finite. Every parameter group gets the same swept LR.
+    Everything the test touches is restored afterwards (see the module docstring).
+
+    Args:
+        model: the network, on the same device as ``data``.
+        optimizer: its optimizer; momentum/beta1 stay as set.
+        data: the data set; batches come from ``x_train``, validation from ``x_val``.
+        batch_size: examples per step (the LR to suggest depends on it).
+        config: sweep, smoothing, stop and rule settings (default ``RangeTestConfig()``).
+        div_factor: ``min_lr = max_lr / div_factor`` (the 1cycle start LR).
+        generator: shuffles the batches; by default one seeded from torch's global
+            RNG (whose state is restored afterwards).
+        augment: augment image batches as training would.
+
+    Returns:
+        The curves, every rule's suggestion, the chosen ``max_lr`` and ``min_lr``,
+        the super-convergence diagnostic and any warnings (also issued as
+        :class:`RangeTestWarning`).
+    """
+    config = RangeTestConfig() if config is None else config
+    _check_sizes(data, batch_size, div_factor)
+    sweep = _sweep(
+        model,
+        optimizer,
+        data,
+        batch_size=batch_size,
+        config=config,
+        generator=generator,
+        augment=augment,
+    )
+    return _result(sweep, config, batch_size=batch_size, div_factor=div_factor, repeats=1)
 
 
 def _choose(
@@ -621,20 +697,35 @@ def find_max_lr(
     Data, device, seed and model come from :func:`balance.train.prepare`, the
     optimizer (weight decay, momentum fixed at ``train_config.momentum``, or
     beta1 for Adam) from :func:`balance.optim.build_optimizer`; batches are
-    shuffled with ``train_config.seed`` and augmented when training would be.
-    ``min_lr`` uses ``train_config.div_factor``.
+    shuffled with the seed and augmented when training would be. With
+    ``range_config.repeats`` = k, k sweeps run from fresh models seeded
+    ``seed``, ``seed + 1``, ...; their losses (and validation measurements) are
+    averaged step by step before smoothing, so one unlucky initialization or
+    batch order moves the suggestion less. ``min_lr`` uses
+    ``train_config.div_factor``.
     """
     range_config = RangeTestConfig() if range_config is None else range_config
-    data, model, device = prepare(train_config, data)
-    optimizer = build_optimizer(model, train_config, range_config.start_lr)
-    generator = torch.Generator(device=device).manual_seed(train_config.seed)
-    return range_test(
-        model,
-        optimizer,
-        data,
+    sweeps = []
+    for offset in range(range_config.repeats):
+        run = train_config.model_copy(update={"seed": train_config.seed + offset})
+        data, model, device = prepare(run, data)
+        _check_sizes(data, run.batch_size, run.div_factor)
+        optimizer = build_optimizer(model, run, range_config.start_lr)
+        sweeps.append(
+            _sweep(
+                model,
+                optimizer,
+                data,
+                batch_size=run.batch_size,
+                config=range_config,
+                generator=torch.Generator(device=device).manual_seed(run.seed),
+                augment=run.augment,
+            )
+        )
+    return _result(
+        _mean_sweep(sweeps),
+        range_config,
         batch_size=train_config.batch_size,
-        config=range_config,
         div_factor=train_config.div_factor,
-        generator=generator,
-        augment=train_config.augment,
+        repeats=range_config.repeats,
     )

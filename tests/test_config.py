@@ -29,7 +29,7 @@ def test_default_train_config_is_valid_and_names_its_defaults() -> None:
 def test_default_range_test_config_is_valid() -> None:
     config = RangeTestConfig()
     assert config.start_lr < config.end_lr
-    assert config.rule == "steepest"
+    assert config.rule == "minimum" and config.repeats == 3
 
 
 def test_pct_start_defaults_per_policy_and_an_explicit_value_wins() -> None:

@@ -80,9 +80,14 @@ def test_steepest_lies_before_minimum_on_u_shaped_curve():
     assert 0.01 / 1.15 <= steepest <= 0.01 * 1.15  # within one sweep step of the true point
 
 
-def test_minimum_rule_is_argmin_lr_over_ten():
+def test_minimum_rule_is_a_fraction_of_the_argmin_lr():
     lrs, loss = u_curve()
-    assert suggest_minimum(lrs, loss) == pytest.approx(lrs[int(np.argmin(loss))] / 10)
+    lowest = lrs[int(np.argmin(loss))]
+    assert suggest_minimum(lrs, loss) == pytest.approx(lowest * 0.2)  # balance's default
+    assert suggest_minimum(lrs, loss, fraction=0.1) == pytest.approx(lowest / 10)  # fastai's
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="fraction"):
+            suggest_minimum(lrs, loss, fraction=bad)
 
 
 def test_valley_lies_inside_the_descent():
@@ -213,7 +218,7 @@ def test_linear_sweep_lrs_are_evenly_spaced_from_start(digits):
 
 
 def test_divergence_stops_the_sweep_without_raising(digits):
-    config = RangeTestConfig(start_lr=1e-3, end_lr=1e6, num_steps=80)
+    config = RangeTestConfig(start_lr=1e-3, end_lr=1e6, num_steps=80, repeats=1)
     result = find_max_lr(DIGITS, config, data=digits)
     assert result.diverged_at is not None
     assert len(result.lrs) == len(result.losses) == result.diverged_at + 1 < 80
@@ -240,7 +245,7 @@ def test_smoothed_curve_is_bias_corrected_ema_of_losses(digits):
 
 
 def test_validation_runs_every_k_steps_on_a_fixed_subset(digits):
-    config = RangeTestConfig(num_steps=30, end_lr=1.0, val_every=7, val_size=50)
+    config = RangeTestConfig(num_steps=30, end_lr=1.0, val_every=7, val_size=50, repeats=1)
     first = find_max_lr(DIGITS, config, data=digits)
     assert first.val_steps == [6, 13, 20, 27]
     assert first.val_lrs == [first.lrs[step] for step in first.val_steps]
@@ -250,6 +255,45 @@ def test_validation_runs_every_k_steps_on_a_fixed_subset(digits):
     assert again.val_accuracies == first.val_accuracies
     assert first.suggestions["accuracy"] is not None
     assert first.diagnostic.verdict in ("likely", "unlikely")
+
+
+def test_repeats_average_the_sweeps_of_consecutive_seeds(digits):
+    config = RangeTestConfig(num_steps=30, end_lr=1.0, val_every=10, val_size=50)
+    averaged = find_max_lr(DIGITS, config.model_copy(update={"repeats": 3}), data=digits)
+    singles = [
+        find_max_lr(
+            DIGITS.model_copy(update={"seed": seed}),
+            config.model_copy(update={"repeats": 1}),
+            data=digits,
+        )
+        for seed in (0, 1, 2)
+    ]
+    assert averaged.repeats == 3 and all(single.repeats == 1 for single in singles)
+    assert averaged.lrs == singles[0].lrs
+    assert averaged.losses == pytest.approx(np.mean([s.losses for s in singles], axis=0))
+    assert averaged.smoothed == pytest.approx(smooth(averaged.losses, config.ema_beta))
+    assert averaged.val_accuracies == pytest.approx(
+        np.mean([s.val_accuracies for s in singles], axis=0)
+    )
+    # Different seeds really do draw different curves, so the mean is not a copy of one.
+    assert singles[0].losses != singles[1].losses
+
+
+def test_averaged_sweeps_end_where_the_first_of_them_stopped(digits):
+    config = RangeTestConfig(start_lr=1e-3, end_lr=1e6, num_steps=80)
+    singles = [
+        find_max_lr(
+            DIGITS.model_copy(update={"seed": seed}),
+            config.model_copy(update={"repeats": 1}),
+            data=digits,
+        )
+        for seed in (0, 1)
+    ]
+    averaged = find_max_lr(DIGITS, config.model_copy(update={"repeats": 2}), data=digits)
+    first_stop = min(single.diverged_at for single in singles if single.diverged_at is not None)
+    assert averaged.diverged_at == first_stop
+    assert len(averaged.losses) == first_stop + 1
+    assert math.isfinite(averaged.max_lr)
 
 
 def _state_copy(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:

@@ -198,10 +198,11 @@ def stage_one_words(
             f"size {train.batch_size}."
         ]
     elif config.lr_scaling == "range-test":
+        test = config.range_test
+        averaged = "" if test.repeats == 1 else f", the mean of {test.repeats} seeds' sweeps"
         words = [
-            f"One range test per batch size ({config.range_test.num_steps} steps, "
-            f"{config.range_test.mode} sweep from {config.range_test.start_lr:g} to "
-            f"{config.range_test.end_lr:g}); max_lr is the {config.range_test.rule!r} "
+            f"One range test per batch size ({test.num_steps} steps, {test.mode} sweep from "
+            f"{test.start_lr:g} to {test.end_lr:g}{averaged}); max_lr is the {test.rule!r} "
             f"suggestion, min_lr = max_lr / {train.div_factor:g}."
         ]
     else:
