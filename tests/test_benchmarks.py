@@ -17,7 +17,7 @@ SCRIPTS = {
     "lr_finder_speed": {"cases", "repeats", "sweep"},
     "suggestion_rules": {"results", "markdown"},
     "super_convergence": {"cases"},
-    "worker_scaling": {"runs", "ratio_steady", "ratio_wall", "repeats"},
+    "worker_scaling": {"cases", "repeats", "target"},
     "search_efficiency": {"grid", "runs", "ratio", "ratios"},
     "end_to_end": {"wall_s", "not_training_share", "parts_s", "runs"},
 }
