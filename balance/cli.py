@@ -4,7 +4,8 @@ Every configuration flag is derived from a field of :class:`~balance.config.Trai
 or :class:`~balance.config.RangeTestConfig` (``weight_decay`` -> ``--weight-decay``), with
 the field's description as help and its default shown. A flag left out stays out of the
 config, so the model's own default applies. Exit codes: 0 done, 1 the training run
-diverged, 2 bad input (usage errors included).
+diverged, 2 bad input (usage errors included), 3 a local sweep worker died, 130
+interrupted.
 """
 
 import functools
@@ -65,6 +66,7 @@ RANGE_IF_NEEDED: Group = ("range test, only without --max-lr: ", *RANGE[1:])
 
 EXIT_DIVERGED = 1
 EXIT_BAD_INPUT = 2
+EXIT_WORKER_DIED = 3
 EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
@@ -440,15 +442,20 @@ def sweep_command(
         bar.set_postfix_str(f"best val {best}, running {progress.running}", refresh=False)
         bar.refresh()
 
-    with bar, user_errors(), _interruptible(config.name, url):
-        result = sweep(
-            config,
-            storage=url,
-            workers=workers,
-            root=root,
-            on_progress=on_progress,
-            study_file=study_file,
-        )
+    from balance.study import WorkerDied
+
+    try:
+        with bar, user_errors(), _interruptible(config.name, url):
+            result = sweep(
+                config,
+                storage=url,
+                workers=workers,
+                root=root,
+                on_progress=on_progress,
+                study_file=study_file,
+            )
+    except WorkerDied as error:
+        _fail([f"error: {error}"], EXIT_WORKER_DIED)
     _print_summary(result.summary)
     typer.echo(f"wrote {result.out_dir}/trials.csv, summary.json and {result.report}")
 

@@ -319,9 +319,7 @@ def suggest_all(
     return {
         "steepest": suggest_steepest(lrs, smoothed, skip_start=skip_start, mode=mode),
         "valley": suggest_valley(lrs, smoothed, skip_start=skip_start),
-        "minimum": suggest_minimum(
-            lrs, smoothed, skip_start=skip_start, fraction=minimum_fraction
-        ),
+        "minimum": suggest_minimum(lrs, smoothed, skip_start=skip_start, fraction=minimum_fraction),
         "accuracy": suggest_accuracy(val_lrs, val_accuracies, tolerance=tolerance),
     }
 

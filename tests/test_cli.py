@@ -62,9 +62,7 @@ def test_flags_left_out_keep_the_config_defaults(tmp_path: Path) -> None:
 
 
 def test_lr_find_prints_every_suggestion_and_writes_png_and_json(tmp_path: Path) -> None:
-    result = invoke(
-        "lr-find", *TINY, "--num-steps", "30", "--repeats", "2", "--out", str(tmp_path)
-    )
+    result = invoke("lr-find", *TINY, "--num-steps", "30", "--repeats", "2", "--out", str(tmp_path))
 
     assert result.exit_code == 0, result.output
     for rule in ("steepest", "valley", "minimum", "accuracy"):

@@ -1,4 +1,5 @@
-"""Faults a sweep must survive: SIGTERM and Ctrl-C mid-sweep, and a storage nobody answers."""
+"""Faults a sweep must survive: SIGTERM and Ctrl-C mid-sweep, a local worker killed, and a
+storage nobody answers."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from study_files import BALANCE, cells_by_state, load, subprocess_env, tiny_values, write_study
+from study_files import (
+    BALANCE,
+    ROOT,
+    cells_by_state,
+    load,
+    subprocess_env,
+    tiny_values,
+    write_study,
+)
 from typer.testing import CliRunner
 
 from balance.cli import app
@@ -143,6 +152,41 @@ def test_sigterm_and_ctrl_c_stop_the_sweep_keeping_its_trials_then_report_and_re
     expected = sorted(cell_key(cell) for cell in grid_cells(config.search))
     assert cells_by_state(study, TrialState.COMPLETE) == expected  # each cell exactly once
     assert second.items() <= {t.number: t.value for t in study.trials}.items()
+
+
+def test_a_dead_local_worker_is_one_line_and_exit_3_and_a_rerun_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = tiny_values("dying", workers=2, train={"model": "tests.plugins.crash_model:model"})
+    study_file = write_study(tmp_path / "dying.toml", values)
+    url = str(tmp_path / "dying" / "study.journal")
+    command = [*BALANCE, "sweep", str(study_file), "--root", str(tmp_path), "-q"]
+    (tmp_path / "builds").mkdir()
+    # Build 1 is the preflight check in the main process; build 2 is the first model a
+    # worker trains, and it SIGKILLs that worker after 3 steps.
+    crash = {"BALANCE_TEST_CRASH_DIR": str(tmp_path / "builds")}
+    died = subprocess.run(
+        command,
+        env=subprocess_env(**crash, BALANCE_TEST_CRASH_AT="2"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert died.returncode == 3, died.stderr[-3000:]
+    assert "Traceback" not in died.stderr
+    (line,) = [line for line in died.stderr.splitlines() if line.startswith("error:")]
+    assert "died with exit code -9" in line and "re-run to resume" in line
+    study = load("dying", url)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3  # the other worker's
+    assert len(study.get_trials(states=(TrialState.RUNNING,))) == 1  # the dead one's
+
+    monkeypatch.setenv("BALANCE_TEST_CRASH_DIR", crash["BALANCE_TEST_CRASH_DIR"])
+    monkeypatch.syspath_prepend(str(ROOT))  # the plug-in model, imported in this process
+    resumed = CliRunner().invoke(app, [*command[3:], "--workers", "1"])  # in this process
+    assert resumed.exit_code == 0, resumed.output
+    config = build(StudyConfig, values)
+    expected = sorted(cell_key(cell) for cell in grid_cells(config.search))
+    assert cells_by_state(load("dying", url), TrialState.COMPLETE) == expected
 
 
 @pytest.fixture

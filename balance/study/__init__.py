@@ -12,6 +12,7 @@ from balance.study._storage import (
 from balance.study._sweep import (
     Progress,
     SweepResult,
+    WorkerDied,
     create_or_resume,
     enqueue_missing_cells,
     evaluate_on_test,
@@ -30,6 +31,7 @@ __all__ = [
     "Progress",
     "SweepResult",
     "TrainingDiverged",
+    "WorkerDied",
     "cell_key",
     "create_or_resume",
     "default_storage_url",

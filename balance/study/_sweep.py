@@ -412,6 +412,10 @@ def _stop_once(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+class WorkerDied(RuntimeError):
+    """A local worker process ended without finishing (killed by a signal, out of memory)."""
+
+
 def _worker_process(errors: Any, verbosity: int, *args: Any, **kwargs: Any) -> None:
     """A local worker process: run_worker, with errors sent back to the parent."""
     signal.signal(signal.SIGINT, _stop_once)
@@ -469,7 +473,8 @@ def run_workers(
     re-raises: no worker outlives the call, no trial stays running.
 
     Raises:
-        RuntimeError: a worker process died (a signal, or out of memory).
+        WorkerDied: a worker process died (a signal, or out of memory); the others
+            finished the work first.
     """
     plan = _worker_plan(config, workers)
     if workers == 1:
@@ -504,7 +509,7 @@ def run_workers(
         raise errors.get()
     for index, process in enumerate(processes):
         if process.exitcode != 0:
-            raise RuntimeError(
+            raise WorkerDied(
                 f"local worker {index} (pid {process.pid}) died with exit code "
                 f"{process.exitcode}; completed trials are kept, re-run to resume"
             )
