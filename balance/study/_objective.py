@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import statistics
@@ -19,6 +20,21 @@ METRIC = "val_accuracy"
 
 class TrainingDiverged(Exception):
     """A seed's loss became non-finite; the trial is recorded as failed with the reason."""
+
+
+class _DivergenceWithoutTraceback(logging.Filter):
+    # Optuna logs every failed trial with its traceback. A diverged run is an outcome of
+    # the search, not a bug, and the message already names the seed, step and LR.
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TrainingDiverged):
+            record.exc_info = None
+        return True
+
+
+def _quiet_divergence_tracebacks() -> None:
+    logger = logging.getLogger("optuna.study._optimize")  # where Optuna logs failed trials
+    if not any(isinstance(item, _DivergenceWithoutTraceback) for item in logger.filters):
+        logger.addFilter(_DivergenceWithoutTraceback())
 
 
 def worker_identity() -> dict[str, Any]:
@@ -74,6 +90,7 @@ class Objective:
         threads: int | None = None,
         device: str | None = None,
     ) -> None:
+        _quiet_divergence_tracebacks()
         self.config = config
         self.data = data
         self.max_lrs = max_lrs
