@@ -9,9 +9,11 @@ import statistics
 from typing import Any
 
 import optuna
+from torch import nn
 
 from balance.config import StudyConfig
 from balance.data import Dataset
+from balance.optim import build_optimizer
 from balance.study._space import cell_key, suggest
 from balance.train import EpochMetrics, TrainResult, train
 
@@ -91,6 +93,9 @@ class Objective:
         device: str | None = None,
     ) -> None:
         _quiet_divergence_tracebacks()
+        # A process imports torch._dynamo (about 2 s here) when it builds its first
+        # optimizer; building one now keeps that out of the first trial's duration.
+        build_optimizer(nn.Linear(1, 1), config.train, 1e-3)
         self.config = config
         self.data = data
         self.max_lrs = max_lrs
