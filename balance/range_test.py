@@ -550,12 +550,16 @@ def _mean_sweep(sweeps: Sequence[_Sweep]) -> _Sweep:
     length = min(len(sweep.losses) for sweep in sweeps)
     stopped = any(sweep.diverged_at == length - 1 for sweep in sweeps)
     val_count = min(sum(step < length for step in sweep.val_steps) for sweep in sweeps)
+
+    def mean(name: str, count: int) -> list[float]:
+        return np.mean([getattr(sweep, name)[:count] for sweep in sweeps], axis=0).tolist()
+
     return _Sweep(
         lrs=sweeps[0].lrs[:length],
-        losses=np.mean([sweep.losses[:length] for sweep in sweeps], axis=0).tolist(),
+        losses=mean("losses", length),
         val_steps=sweeps[0].val_steps[:val_count],
-        val_losses=np.mean([s.val_losses[:val_count] for s in sweeps], axis=0).tolist(),
-        val_accuracies=np.mean([s.val_accuracies[:val_count] for s in sweeps], axis=0).tolist(),
+        val_losses=mean("val_losses", val_count),
+        val_accuracies=mean("val_accuracies", val_count),
         diverged_at=length - 1 if stopped else None,
     )
 

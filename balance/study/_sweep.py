@@ -8,6 +8,7 @@ import multiprocessing.connection
 import os
 import signal
 import socket
+import statistics
 import time
 import traceback
 import warnings
@@ -588,8 +589,8 @@ def _test_run(config: Any, data: Dataset) -> dict[str, Any]:
 
 def _test_summary(base: Any, runs: list[dict[str, Any]]) -> dict[str, Any]:
     values = [run["test_accuracy"] for run in runs if run["test_accuracy"] is not None]
-    mean = sum(values) / len(values) if values else None
-    std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5 if mean is not None else None
+    mean = statistics.fmean(values) if values else None
+    std = statistics.pstdev(values) if values else None
     return {"max_lr": base.max_lr, "test_accuracy": mean, "test_accuracy_std": std, "runs": runs}
 
 
@@ -619,9 +620,9 @@ def sweep(
     data = preflight(config)
     url = storage_url(config, storage, root)
     prepare(config, url, data)
-    run_workers(config, url, workers or config.workers, on_progress)
-    study = load_existing(config.name, open_storage(url))
     n_workers = workers or config.workers
+    run_workers(config, url, n_workers, on_progress)
+    study = load_existing(config.name, open_storage(url))
     evaluate_on_test(
         study, config, data, threads=_worker_plan(config, n_workers)[0][0], workers=n_workers
     )
