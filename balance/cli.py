@@ -377,9 +377,11 @@ def _interruptible(study_name: str, url: str) -> Iterator[None]:
     import logging
     import signal
 
+    from balance.study import request_stop
+
     def stop(signum: int, frame: Any) -> None:
         logging.getLogger("optuna").setLevel(logging.ERROR)
-        raise KeyboardInterrupt
+        request_stop()  # at once, unless this process is claiming or recording a trial
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -3,6 +3,7 @@
 from balance.study._learning_rate import fit_max_lrs, scale_lr
 from balance.study._objective import Objective, TrainingDiverged
 from balance.study._space import cell_key, grid_cells
+from balance.study._stopping import request_stop, stop_allowed, stop_deferred
 from balance.study._storage import (
     default_storage_url,
     is_file_storage,
@@ -21,6 +22,7 @@ from balance.study._sweep import (
     prepare,
     progress_of,
     requeue_interrupted,
+    run_one_trial,
     run_worker,
     run_workers,
     sweep,
@@ -45,10 +47,14 @@ __all__ = [
     "preflight",
     "prepare",
     "progress_of",
+    "request_stop",
     "requeue_interrupted",
+    "run_one_trial",
     "run_worker",
     "run_workers",
     "scale_lr",
+    "stop_allowed",
+    "stop_deferred",
     "storage_url",
     "sweep",
 ]

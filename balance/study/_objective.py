@@ -15,6 +15,7 @@ from balance.config import StudyConfig
 from balance.data import Dataset
 from balance.optim import build_optimizer
 from balance.study._space import cell_key, suggest
+from balance.study._stopping import stop_allowed
 from balance.train import EpochMetrics, TrainResult, train
 
 METRIC = "val_accuracy"
@@ -140,7 +141,8 @@ class Objective:
                     raise optuna.TrialPruned(f"pruned at seed {seed}, epoch {metrics.epoch}")
 
             config = self.base.model_copy(update={**params, "max_lr": max_lr, "seed": seed})
-            result = train(config, data=self.data, callback=report)
+            with stop_allowed():
+                result = train(config, data=self.data, callback=report)
             runs.append(_run_record(seed, history, result))
             trial.set_user_attr("runs", runs)
             if result.diverged is not None:

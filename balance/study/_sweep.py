@@ -27,6 +27,7 @@ from balance.range_test import RangeTestResult
 from balance.study._learning_rate import fit_max_lrs
 from balance.study._objective import Objective, TrainingDiverged, worker_identity
 from balance.study._space import batch_sizes, cell_key, grid_cells
+from balance.study._stopping import request_stop, stop_deferred
 from balance.study._storage import (
     is_file_storage,
     load_existing,
@@ -354,6 +355,16 @@ def requeue_interrupted(study: optuna.Study, config: StudyConfig) -> list[int]:
     return requeued
 
 
+def run_one_trial(study: optuna.Study, objective: Objective) -> None:
+    """Claim, train and record one trial; a stop request is taken only while it trains.
+
+    Deferring the stop elsewhere keeps a claimed trial from failing before the
+    objective marks it as this worker's, which would leave its cell unqueued.
+    """
+    with stop_deferred():
+        study.optimize(objective, n_trials=1, catch=(TrainingDiverged,), gc_after_trial=False)
+
+
 def run_worker(
     config: StudyConfig,
     url: str,
@@ -388,9 +399,7 @@ def run_worker(
     try:
         while True:
             if _has_work(study, config):
-                study.optimize(
-                    objective, n_trials=1, catch=(TrainingDiverged,), gc_after_trial=False
-                )
+                run_one_trial(study, objective)
                 ran += 1
                 if on_progress is not None:
                     on_progress(progress_of(study, config))
@@ -404,13 +413,13 @@ def run_worker(
 
 
 def _stop_once(signum: int, frame: Any) -> None:
-    # The first SIGINT or SIGTERM interrupts the trial (Optuna records it as failed,
-    # quietly: the stop was asked for); later ones are ignored so they cannot cut that
-    # write short.
+    # The first SIGINT or SIGTERM interrupts the trial's training (Optuna records it as
+    # failed, quietly: the stop was asked for); later ones are ignored so they cannot cut
+    # that write short.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    raise KeyboardInterrupt
+    request_stop()
 
 
 class WorkerDied(RuntimeError):
