@@ -12,8 +12,8 @@ from typing import Any
 import optuna
 import pytest
 from optuna.trial import TrialState
-from study_files import ROOT, study_config, tiny_values
 from study_files import load_study as load
+from study_files import study_config, tiny_values
 
 from balance.analysis import audit, trials_frame
 from balance.config import ConfigError, StudyConfig
@@ -119,7 +119,6 @@ def test_two_local_workers_share_one_study_without_duplicates(
         search={"weight_decay": [0.0, 1e-4, 1e-3], "dropout": [0.0, 0.2]},
     )
     # each worker's first step waits for the other's: neither can empty the queue alone
-    monkeypatch.syspath_prepend(str(ROOT))  # the spawned workers import the plugin too
     monkeypatch.setenv("BALANCE_TEST_RENDEZVOUS_DIR", str(tmp_path))
     monkeypatch.setenv("BALANCE_TEST_RENDEZVOUS_COUNT", "2")
     result = sweep(config, root=tmp_path)
