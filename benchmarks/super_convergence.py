@@ -198,18 +198,22 @@ def _budget_rows(
 
 
 def balanced_budget(
-    case: Case, max_lr: float, seeds: list[int], epochs: int, jobs: int, quick: bool, root: Path
+    case: Case,
+    search: dict[str, list[float]],
+    max_lr: float,
+    seeds: list[int],
+    epochs: int,
+    jobs: int,
+    root: Path,
 ) -> dict[str, Any]:
     """``balance sweep`` at one budget; the test accuracy of the setting it chose on validation."""
-    assert case.balance_search is not None
-    search = {name: axis[:2] for name, axis in case.balance_search.items()} if quick else None
     config = build(
         StudyConfig,
         {
             "name": f"{case.name}-{epochs}-epochs",
             "seeds": len(seeds),
             "workers": jobs,
-            "search": search or case.balance_search,
+            "search": search,
             "train": case.one_cycle.model_copy(
                 update={"epochs": epochs, "seed": seeds[0], "max_lr": max_lr}
             ).model_dump(),
@@ -241,22 +245,24 @@ def run_balanced(
     quick: bool,
 ) -> dict[str, Any]:
     """The ``balanced`` variant: budgets (epochs: steps) in order until one reaches ``target``."""
+    assert case.balance_search is not None
+    search = case.balance_search
+    if quick:
+        search = {name: axis[:2] for name, axis in search.items()}
     max_lr = float(found[0]["max_lr"])
     budgets = []
     with tempfile.TemporaryDirectory() as folder:
         for epochs, steps in budgets_in_steps.items():
-            row = balanced_budget(case, max_lr, seeds, epochs, jobs, quick, Path(folder))
+            row = balanced_budget(case, search, max_lr, seeds, epochs, jobs, Path(folder))
             row["steps"] = steps
             row["reaches_target"] = row["test_accuracy"] >= target
             budgets.append(row)
             if row["reaches_target"]:
                 break
-    hit = next((row for row in budgets if row["reaches_target"]), None)
     return {
         "max_lr": [max_lr] * len(seeds),
         "how": "the lr-find LR, weight decay and dropout chosen by `balance sweep`",
         "budgets": [{k: v for k, v in row.items() if k != "runs"} for row in budgets],
-        "steps_to_target": hit["steps"] if hit else None,
         "runs": {str(row["epochs"]): row["runs"] for row in budgets},
     }
 
@@ -314,23 +320,31 @@ def run_case(case: Case, seeds: list[int], baseline_epochs: int, jobs: int, quic
     base_steps, base_curve = mean_curve(baseline_runs)
     baseline_total = baseline_epochs * spe
     base_first = first_reach(base_steps, base_curve, target)
-    variants = {}
-    for variant, (words, _) in VARIANTS.items():
-        by_budget = {epochs: r for (name, epochs), r in runs.items() if name == variant}
-        budgets = _budget_rows(by_budget, spe, target)
-        hit = next((row for row in budgets if row["reaches_target"]), None)
+
+    def scored(variant: dict[str, Any]) -> dict[str, Any]:
+        """The variant with its steps to target and its speed-ups over the baseline."""
+        hit = next((row for row in variant["budgets"] if row["reaches_target"]), None)
         steps = hit["steps"] if hit else None
-        variants[variant] = {
-            "max_lr": [VARIANTS[variant][1](test) for test in found],
-            "how": words,
-            "budgets": budgets,
+        return {
+            **variant,
             "steps_to_target": steps,
             "speedup": baseline_total / steps if steps else None,
             "speedup_vs_baseline_first_reach": (base_first or baseline_total) / steps
             if steps
             else None,
-            "runs": {str(epochs): r for epochs, r in sorted(by_budget.items())},
         }
+
+    variants = {}
+    for variant, (words, _) in VARIANTS.items():
+        by_budget = {epochs: r for (name, epochs), r in runs.items() if name == variant}
+        variants[variant] = scored(
+            {
+                "max_lr": [VARIANTS[variant][1](test) for test in found],
+                "how": words,
+                "budgets": _budget_rows(by_budget, spe, target),
+                "runs": {str(epochs): r for epochs, r in sorted(by_budget.items())},
+            }
+        )
     if case.balance_search is not None:
         within = {e: e * spe for e in ladder if e * spe <= baseline_total / SPEEDUP_TARGET}
         if quick:  # the quick baseline is too short for any budget to be 5x shorter
@@ -338,14 +352,7 @@ def run_case(case: Case, seeds: list[int], baseline_epochs: int, jobs: int, quic
         balanced = run_balanced(
             case, found, seeds, target, budgets_in_steps=within, jobs=jobs, quick=quick
         )
-        steps = balanced["steps_to_target"]
-        variants["balanced"] = {
-            **balanced,
-            "speedup": baseline_total / steps if steps else None,
-            "speedup_vs_baseline_first_reach": (base_first or baseline_total) / steps
-            if steps
-            else None,
-        }
+        variants["balanced"] = scored(balanced)
     return {
         "case": case.name,
         "steps_per_epoch": spe,
