@@ -5,7 +5,8 @@ The public API, imported lazily so that ``balance --help`` does not pay for torc
 - :func:`train` and :class:`TrainConfig`: one run under 1cycle (or a baseline schedule).
 - :func:`find_max_lr`, :func:`range_test` and :class:`RangeTestConfig`: the LR range test.
 - :func:`load_study_file`, :func:`sweep`, :func:`run_worker`: Optuna studies.
-- :func:`build_report`: the HTML report of a study.
+- :func:`load_study_record` and :class:`StudyRecord`: what a study stores, read once.
+- :func:`build_report` (of a record) and :func:`report` (of a stored study): the HTML report.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ if TYPE_CHECKING:
         TrainConfig,
         load_study_file,
     )
+    from balance.pipeline import load_study_record, preflight, report, sweep
     from balance.range_test import RangeTestResult, find_max_lr, range_test
+    from balance.record import StudyRecord
     from balance.report import build_report
-    from balance.study import preflight, run_worker, sweep
+    from balance.study import run_worker
     from balance.train import TrainResult, train
 
 _EXPORTS = {
@@ -32,13 +35,16 @@ _EXPORTS = {
     "StudyConfig": "balance.config",
     "TrainConfig": "balance.config",
     "load_study_file": "balance.config",
+    "load_study_record": "balance.pipeline",
+    "preflight": "balance.pipeline",
+    "report": "balance.pipeline",
+    "sweep": "balance.pipeline",
     "RangeTestResult": "balance.range_test",
     "find_max_lr": "balance.range_test",
     "range_test": "balance.range_test",
     "build_report": "balance.report",
-    "preflight": "balance.study",
+    "StudyRecord": "balance.record",
     "run_worker": "balance.study",
-    "sweep": "balance.study",
     "TrainResult": "balance.train",
     "train": "balance.train",
 }
@@ -48,13 +54,16 @@ __all__ = [
     "RangeTestConfig",
     "RangeTestResult",
     "StudyConfig",
+    "StudyRecord",
     "TrainConfig",
     "TrainResult",
     "build_report",
     "find_max_lr",
     "load_study_file",
+    "load_study_record",
     "preflight",
     "range_test",
+    "report",
     "run_worker",
     "sweep",
     "train",

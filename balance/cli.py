@@ -233,15 +233,14 @@ def run_range_test(
 ) -> "RangeTestResult":
     """Run the range test, print it, and write range_test.png and range_test.json into ``out``."""
     from balance.range_test import RangeTestWarning, find_max_lr
-    from balance.report.plots import plot_range_test, save_figure
+    from balance.report import plot_range_test, save_figure
 
     with warnings.catch_warnings(), user_errors():
         warnings.simplefilter("ignore", RangeTestWarning)  # printed below from result.warnings
         result = find_max_lr(train_config, range_config)
     print_range_test(result)
     out.mkdir(parents=True, exist_ok=True)
-    figure = cast("Figure", plot_range_test(result).figure)  # a top-level figure, never a sub
-    save_figure(figure, out / "range_test.png")
+    save_figure(plot_range_test(result), out / "range_test.png")
     write_json(
         out / "range_test.json",
         {
@@ -403,7 +402,7 @@ def _interruptible(study_name: str, url: str) -> Iterator[None]:
 def validate_command(study_file: StudyArg) -> None:
     """Check a study file, its data and its model; print every problem, each naming its field."""
     config = _load_study(study_file)
-    from balance.study import preflight
+    from balance.pipeline import preflight
 
     try:
         preflight(config)
@@ -431,7 +430,9 @@ def sweep_command(
     config = _load_study(study_file)
     from tqdm import tqdm
 
-    from balance.study import Progress, storage_url, sweep
+    from balance.pipeline import sweep
+    from balance.storage import storage_url
+    from balance.study import Progress
 
     _quiet_optuna()
     url = storage_url(config, storage, root)
@@ -506,10 +507,10 @@ def report_command(
 ) -> None:
     """Write reports/<study>/index.html from whatever the storage holds (partial studies too)."""
     config = _load_study(study_file)
-    from balance.report import build_report
+    from balance.pipeline import report
 
     with user_errors():
-        path = build_report(config, storage=storage, root=root, study_file=study_file)
+        path = report(config, storage=storage, root=root, study_file=study_file)
     typer.echo(f"wrote {path}")
 
 

@@ -6,6 +6,7 @@ flags, study files, Optuna parameters, DataFrame columns and the report.
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -336,6 +337,11 @@ class SearchSpace(_Strict):
             count *= len(axis) if isinstance(axis, list) else 1
         return count
 
+    def grid_cells(self) -> list[dict[str, Any]]:
+        """Every cell of the list axes, in the order the axes list their values."""
+        axes = {name: axis for name, axis in self.axes().items() if isinstance(axis, list)}
+        return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+
 
 class StudyConfig(_Strict):
     """A study file: a base training run, the range test, the space and how to search it.
@@ -388,6 +394,11 @@ class StudyConfig(_Strict):
         if self.baseline is None:
             return None
         return TrainConfig.model_validate({**self.train.model_dump(), **self.baseline})
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        """The batch sizes the study trains with, smallest first (each needs its own max LR)."""
+        return sorted(self.search.batch_size) if self.search.batch_size else [self.train.batch_size]
 
     def space_signature(self) -> dict[str, Any]:
         """What must match for a stored study to be resumed with this file."""

@@ -1,4 +1,4 @@
-"""Figures and reports of balance's results."""
+"""Figures and reports of balance's results: pure functions of a study record."""
 
 from balance.report.html import build_report
 from balance.report.plots import plot_range_test, save_figure

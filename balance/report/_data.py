@@ -1,6 +1,6 @@
 """What a report shows, computed apart from drawing: plain frames, dicts and NamedTuples.
 
-Every function here reads a study (or frames made from it) and returns data; the
+Every function here reads a study record (or frames made from one) and returns data; the
 figures in :mod:`balance.report.plots` render it and :mod:`balance.report.html`
 lays it out. Nothing here draws, prints or writes files.
 """
@@ -8,19 +8,16 @@ lays it out. Nothing here draws, prints or writes files.
 from __future__ import annotations
 
 import math
-import platform
 import statistics
-import warnings
-from typing import Any, NamedTuple
+from typing import Any
 
-import optuna
 import pandas as pd
-from optuna.trial import TrialState
 
-from balance.analysis import CELL
+from balance.analysis import GRID_INDEX
 from balance.config import StudyConfig, TrainConfig
 from balance.optim import WEIGHT_DECAY_COUPLING
 from balance.range_test import RangeTestResult
+from balance.record import FinalEvaluation, StageOne, StudyRecord
 from balance.schedule import ScheduleTrace, schedule_values
 
 TRIAL_TABLE_COLUMNS = [
@@ -105,32 +102,16 @@ def trial_states(frame: pd.DataFrame) -> dict[str, int]:
     return counts
 
 
-def trial_times(study: optuna.Study) -> dict[str, float | None]:
-    """Seconds from the first trial's start to the last one's end, and the trials' sum."""
-    starts = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start]
-    ends = [t.datetime_complete for t in study.get_trials(deepcopy=False) if t.datetime_complete]
-    durations = [
-        t.duration.total_seconds()
-        for t in study.get_trials(deepcopy=False)
-        if t.duration is not None
-    ]
-    span = (max(ends) - min(starts)).total_seconds() if starts and ends else None
-    return {"span_s": span, "trials_s": sum(durations) if durations else None}
-
-
-def environment(recorded: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+def environment(recorded: dict[str, Any] | None, device: str) -> tuple[dict[str, Any], str]:
     """The environment the sweep recorded in ``summary.json``, else this process's own."""
     if recorded:
         return dict(recorded), "recorded when the sweep finished"
-    import torch
+    from balance.analysis import environment as current
 
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "optuna": optuna.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-    }, "of the process that built this report (the sweep has not written summary.json)"
+    env = {key: value for key, value in current(device).items() if key != "device"}
+    return env, (
+        "of the process that built this report (the sweep has not written summary.json)"
+    )
 
 
 def budget_words(config: StudyConfig, steps: dict[int, int]) -> str:
@@ -153,20 +134,6 @@ def budget_words(config: StudyConfig, steps: dict[int, int]) -> str:
 # --------------------------------------------------------------------------- stage 1
 
 
-def range_tests(study: optuna.Study) -> dict[int, RangeTestResult]:
-    """The range tests stage 1 stored, by batch size (empty when none ran or before it ran)."""
-    stored = study.user_attrs.get("range_tests", {})
-    return {
-        int(size): RangeTestResult.from_dict(test)
-        for size, test in sorted(stored.items(), key=lambda item: int(item[0]))
-    }
-
-
-def max_lrs(study: optuna.Study) -> dict[int, float]:
-    """The max LR per batch size stage 1 fixed (empty before it ran)."""
-    return {int(size): float(lr) for size, lr in study.user_attrs.get("max_lr", {}).items()}
-
-
 def range_test_table(tests: dict[int, RangeTestResult]) -> pd.DataFrame:
     """One row per batch size: every rule's suggestion, the chosen rule and LRs, the verdict."""
     rows = []
@@ -184,11 +151,9 @@ def range_test_table(tests: dict[int, RangeTestResult]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def stage_one_words(
-    config: StudyConfig, study: optuna.Study, tests: dict[int, RangeTestResult]
-) -> list[str]:
+def stage_one_words(config: StudyConfig, stage: StageOne) -> list[str]:
     """Where each batch size's max LR came from, in plain words."""
-    lrs = max_lrs(study)
+    lrs = stage.max_lrs
     if not lrs:
         return ["Stage 1 (the LR range test) has not stored a max LR yet."]
     train = config.train
@@ -248,7 +213,7 @@ def schedule_traces(
 # --------------------------------------------------------------------------- test runs
 
 
-def test_curves(final: dict[str, Any], config: StudyConfig) -> pd.DataFrame:
+def test_curves(final: FinalEvaluation, config: StudyConfig) -> pd.DataFrame:
     """Test accuracy against iterations of the chosen 1cycle run and the baseline, per seed.
 
     Columns: ``run`` (a label naming the setting), ``kind`` (``chosen`` or
@@ -256,18 +221,17 @@ def test_curves(final: dict[str, Any], config: StudyConfig) -> pd.DataFrame:
     """
     rows = []
     labels = test_labels(final, config)
-    for kind in ("chosen", "baseline"):
-        block = final.get(kind)
-        if not block:
+    for kind, side in (("chosen", final.chosen), ("baseline", final.baseline)):
+        if side is None:
             continue
-        for run in block.get("runs", []):
-            for step, accuracy in zip(run["steps"], run["test_curve"], strict=True):
+        for run in side.runs:
+            for step, accuracy in zip(run.steps, run.test_curve, strict=True):
                 if accuracy is not None:
                     rows.append(
                         {
                             "run": labels[kind],
                             "kind": kind,
-                            "seed": run["seed"],
+                            "seed": run.seed,
                             "step": int(step),
                             "test_accuracy": float(accuracy),
                         }
@@ -275,49 +239,51 @@ def test_curves(final: dict[str, Any], config: StudyConfig) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "kind", "seed", "step", "test_accuracy"])
 
 
-def test_labels(final: dict[str, Any], config: StudyConfig) -> dict[str, str]:
+def _lr_text(lr: float | None) -> str:
+    return "None" if lr is None else format(lr, ".3g")
+
+
+def test_labels(final: FinalEvaluation, config: StudyConfig) -> dict[str, str]:
     """A legend label per test run: schedule, optimizer, batch size, LR and regularizers."""
-    labels = {}
-    chosen = final.get("chosen")
-    if chosen:
-        params = final.get("params", {})
-        labels["chosen"] = (
+    params = final.params
+    labels = {
+        "chosen": (
             f"chosen: {config.train.policy} 1cycle, {config.train.optimizer}, batch "
-            f"{params.get('batch_size')}, max_lr {chosen['max_lr']:.3g}, wd "
+            f"{params.get('batch_size')}, max_lr {_lr_text(final.chosen.max_lr)}, wd "
             f"{params.get('weight_decay', 0):g}, dropout {params.get('dropout', 0):g}"
         )
-    baseline = final.get("baseline")
+    }
     base = config.baseline_config
-    if baseline and base is not None:
-        lr = baseline.get("max_lr")
+    if final.baseline is not None and base is not None:
         labels["baseline"] = (
             f"baseline: {base.policy}, {base.optimizer}, batch {base.batch_size}, lr "
-            f"{lr if lr is None else format(lr, '.3g')}, wd {base.weight_decay:g}, "
+            f"{_lr_text(final.baseline.max_lr)}, wd {base.weight_decay:g}, "
             f"dropout {base.dropout:g}"
         )
     return labels
 
 
-def test_words(final: dict[str, Any], curves: pd.DataFrame) -> list[str]:
+def test_words(final: FinalEvaluation, curves: pd.DataFrame) -> list[str]:
     """The test figures in words, and when the chosen run first matched the baseline."""
     words = []
     mean = curves.groupby(["kind", "step"])["test_accuracy"].mean()
-    for kind in ("chosen", "baseline"):
-        block = final.get(kind)
-        if not block or block.get("test_accuracy") is None:
-            continue
-        steps = mean[kind].index.max() if kind in mean.index.get_level_values(0) else None
-        spread = block.get("test_accuracy_std")
-        std = f" ± {spread:.3f}" if spread is not None and len(block["runs"]) > 1 else ""
-        words.append(
-            f"{kind.capitalize()}: test accuracy {block['test_accuracy']:.3f}{std} "
-            f"after {steps} iterations ({len(block['runs'])} seed"
-            f"{'s' if len(block['runs']) > 1 else ''})."
-        )
     levels = mean.index.get_level_values(0)
-    baseline = final.get("baseline") or {}
-    if "chosen" in levels and "baseline" in levels and baseline.get("test_accuracy") is not None:
-        target = baseline["test_accuracy"]
+    for kind, side in (("chosen", final.chosen), ("baseline", final.baseline)):
+        if side is None or side.test_accuracy is None:
+            continue
+        steps = mean[kind].index.max() if kind in levels else None
+        spread = side.test_accuracy_std
+        seeds = len(side.runs)
+        std = f" ± {spread:.3f}" if spread is not None and seeds > 1 else ""
+        words.append(
+            f"{kind.capitalize()}: test accuracy {side.test_accuracy:.3f}{std} "
+            f"after {steps} iterations ({seeds} seed{'s' if seeds > 1 else ''})."
+        )
+    baseline = final.baseline
+    if "chosen" in levels and "baseline" in levels and baseline is not None:
+        target = baseline.test_accuracy
+        if target is None:
+            return words
         chosen = mean["chosen"]
         reached = chosen[chosen >= target]
         if len(reached):
@@ -334,72 +300,28 @@ def test_words(final: dict[str, Any], curves: pd.DataFrame) -> list[str]:
     return words
 
 
-# --------------------------------------------------------------------------- importances
-
-
-class Importances(NamedTuple):
-    """Parameter importances, or the reason there are none (``values`` is empty then)."""
-
-    values: dict[str, float]
-    evaluator: str
-    reason: str | None
-
-
-def param_importances(study: optuna.Study) -> Importances:
-    """fANOVA importances of the parameters that vary among completed trials.
-
-    Needs two completed trials and one parameter with two or more values; anything
-    less, or an error inside Optuna, gives the reason instead of values.
-    """
-    name = "fANOVA (optuna FanovaImportanceEvaluator, seed 0)"
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(complete) < 2:
-        return Importances(
-            {}, name, f"needs at least 2 completed trials, the study has {len(complete)}"
-        )
-    varying = sorted(
-        param
-        for param in {p for trial in complete for p in trial.params}
-        if len({repr(trial.params.get(param)) for trial in complete}) > 1
-    )
-    if not varying:
-        return Importances({}, name, "no parameter takes two values among completed trials")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            values = optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=varying
-            )
-    except (ValueError, RuntimeError) as error:  # Optuna's own refusals, shown in the page
-        return Importances({}, name, f"optuna could not compute them: {error}")
-    return Importances({key: float(value) for key, value in values.items()}, name, None)
-
-
 # --------------------------------------------------------------------------- trials
 
 
-def learning_curves(study: optuna.Study, top: int = 5) -> pd.DataFrame:
+def learning_curves(record: StudyRecord, top: int = 5) -> pd.DataFrame:
     """Per-epoch curves (mean over seeds) of the ``top`` completed trials by objective value.
 
     Columns: ``number``, ``label``, ``epoch``, ``val_accuracy``, ``train_loss``,
-    ``val_loss``; the best trial comes first.
+    ``val_loss``; the best trial comes first (ties by trial number).
     """
-    complete = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.value is not None
-    ]
-    best = sorted(complete, key=lambda t: -t.value)[:top]  # type: ignore[operator]
+    complete = [t for t in record.trials if t.state == "complete" and t.value is not None]
+    best = sorted(complete, key=lambda t: -float(t.value or 0.0))[:top]
     rows = []
     for trial in best:
-        params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
         label = f"#{trial.number}: " + ", ".join(
-            f"{key.replace('_', ' ')} {params[key]:g}" for key in CELL if key in params
+            f"{key.replace('_', ' ')} {trial.params[key]:g}"
+            for key in GRID_INDEX
+            if key in trial.params
         )
         by_epoch: dict[int, dict[str, list[float]]] = {}
-        for run in trial.user_attrs.get("runs", []):
-            curve = run.get("curve", {})
-            for index, epoch in enumerate(curve.get("epoch", [])):
+        for run in trial.runs:
+            curve = run.curve._asdict()
+            for index, epoch in enumerate(run.curve.epoch):
                 slot = by_epoch.setdefault(int(epoch), {})
                 for key in ("val_accuracy", "train_loss", "val_loss"):
                     value = curve[key][index]

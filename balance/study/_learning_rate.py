@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 
+import optuna
+
+from balance import record
 from balance.config import StudyConfig
 from balance.data import Dataset
 from balance.range_test import RangeTestResult, find_max_lr
-from balance.study._space import batch_sizes
+from balance.record import StageOne
 
 
 def fit_max_lrs(
@@ -20,8 +23,10 @@ def fit_max_lrs(
     from it; ``none`` uses that LR for every size. A ``train.max_lr`` given in the
     study file replaces the range test: it is the LR at ``train.batch_size``.
     """
-    base = config.train.model_copy(update={"threads": threads or config.train.threads})
-    sizes = batch_sizes(config.search, base)
+    base = config.train.model_copy(
+        update={"threads": config.train.threads if threads is None else threads}
+    )
+    sizes = config.batch_sizes
     tests: dict[int, RangeTestResult] = {}
     if base.max_lr is None and config.lr_scaling == "range-test":
         for size in sizes:
@@ -46,3 +51,19 @@ def scale_lr(lr: float, from_size: int, to_size: int, rule: str) -> float:
     if rule == "sqrt":
         return lr * math.sqrt(ratio)
     return lr
+
+
+def fix_max_lrs(
+    study: optuna.Study, config: StudyConfig, data: Dataset, threads: int | None = None
+) -> StageOne:
+    """Stage 1, once per study: run the range tests and store their curves and LRs.
+
+    A study that already has them (a resumed one) returns the stored ones.
+    """
+    stored = StageOne.from_study(study)
+    if stored.done:
+        return stored
+    max_lrs, tests = fit_max_lrs(config, data, threads=threads)
+    stage = StageOne(max_lrs=max_lrs, range_tests=tests)
+    record.save_stage_one(study, stage)
+    return stage

@@ -11,14 +11,14 @@ from typing import Any
 import optuna
 from torch import nn
 
-from balance.config import StudyConfig
+from balance import record
+from balance.config import SEARCHED, FloatRange, SearchSpace, StudyConfig, TrainConfig
 from balance.data import Dataset
+from balance.loop import EpochMetrics
 from balance.optim import build_optimizer
-from balance.study._space import cell_key, suggest
+from balance.record import RunDivergence, SeedRun
 from balance.study._stopping import stop_allowed
-from balance.train import EpochMetrics, TrainResult, train
-
-METRIC = "val_accuracy"
+from balance.train import train
 
 
 class TrainingDiverged(Exception):
@@ -35,9 +35,12 @@ class _DivergenceWithoutTraceback(logging.Filter):
 
 
 def _quiet_divergence_tracebacks() -> None:
-    logger = logging.getLogger("optuna.study._optimize")  # where Optuna logs failed trials
-    if not any(isinstance(item, _DivergenceWithoutTraceback) for item in logger.filters):
-        logger.addFilter(_DivergenceWithoutTraceback())
+    # Optuna's modules log through the handlers of its library logger ("optuna"), which
+    # does not propagate: a filter on those handlers sees every failed-trial message.
+    # tests/test_study.py checks a real sweep's stderr for the one-line message.
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(item, _DivergenceWithoutTraceback) for item in handler.filters):
+            handler.addFilter(_DivergenceWithoutTraceback())
 
 
 def worker_identity() -> dict[str, Any]:
@@ -45,34 +48,18 @@ def worker_identity() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _curve(history: list[EpochMetrics]) -> dict[str, list[float]]:
-    return {
-        "epoch": [m.epoch for m in history],
-        "train_loss": [m.train_loss for m in history],
-        "val_loss": [m.val_loss for m in history],
-        "val_accuracy": [m.val_accuracy for m in history],
-    }
-
-
-def _run_record(
-    seed: int, history: list[EpochMetrics], result: TrainResult | None
-) -> dict[str, Any]:
-    last = history[-1] if history else None
-    record: dict[str, Any] = {
-        "seed": seed,
-        "val_accuracy": last.val_accuracy if last else None,
-        "val_loss": last.val_loss if last else None,
-        "train_loss": last.train_loss if last else None,
-        "steps": last.step if last else 0,
-        "curve": _curve(history),
-        "diverged": None,
-    }
-    if result is not None:
-        record["steps"] = result.steps
-        record["train_time"] = result.train_time
-        if result.diverged is not None:
-            record["diverged"] = {"step": result.diverged.step, "lr": result.diverged.lr}
-    return record
+def suggest(trial: optuna.Trial, space: SearchSpace, base: TrainConfig) -> dict[str, Any]:
+    """The trial's ``weight_decay``, ``dropout`` and ``batch_size`` (unsearched ones from base)."""
+    params: dict[str, Any] = {}
+    for name in SEARCHED:
+        axis = getattr(space, name)
+        if axis is None:
+            params[name] = getattr(base, name)
+        elif isinstance(axis, FloatRange):
+            params[name] = trial.suggest_float(name, axis.low, axis.high, log=axis.log)
+        else:
+            params[name] = trial.suggest_categorical(name, axis)
+    return params
 
 
 class Objective:
@@ -102,28 +89,26 @@ class Objective:
         self.max_lrs = max_lrs
         self.base = config.train.model_copy(
             update={
-                "threads": threads or config.train.threads,
-                "device": device or config.train.device,
+                "threads": config.train.threads if threads is None else threads,
+                "device": config.train.device if device is None else device,
             }
         )
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Train every seed of the trial's setting; return the mean validation accuracy."""
-        trial.set_user_attr("worker", worker_identity())
-        trial.set_user_attr("runs", [])  # a retried trial inherits its failed copy's attrs
-        if self.config.sampler == "grid" and "cell" not in trial.user_attrs:
-            # Only queued cells (enqueued with a "cell" attr) are trained: a trial Optuna
+        record.claim_trial(trial, worker_identity())
+        if self.config.sampler == "grid" and record.queued_cell(trial) is None:
+            # Only queued cells (enqueued with their key) are trained: a trial Optuna
             # created because the queue ran dry under a racing worker would repeat a
             # cell, so it stops at once.
-            trial.set_user_attr("surplus", True)
+            record.mark_surplus(trial)
             raise optuna.TrialPruned("grid queue empty: no cell to claim")
         params = suggest(trial, self.config.search, self.base)
         max_lr = self.max_lrs[params["batch_size"]]
         searched = self.config.search.axes()
-        trial.set_user_attr("cell", cell_key({name: params[name] for name in searched}))
-        trial.set_user_attr("max_lr", max_lr)
+        record.set_cell(trial, record.cell_key({name: params[name] for name in searched}), max_lr)
         epochs = self.base.epochs
-        runs: list[dict[str, Any]] = []
+        runs: list[SeedRun] = []
         for index in range(self.config.seeds):
             seed = self.base.seed + index
             history: list[EpochMetrics] = []
@@ -137,22 +122,19 @@ class Objective:
                 history.append(metrics)
                 trial.report(metrics.val_accuracy, index * epochs + metrics.epoch)
                 if trial.should_prune():
-                    trial.set_user_attr("runs", [*runs, _run_record(seed, history, None)])
+                    record.save_runs(trial, [*runs, SeedRun.from_history(seed, history, None)])
                     raise optuna.TrialPruned(f"pruned at seed {seed}, epoch {metrics.epoch}")
 
             config = self.base.model_copy(update={**params, "max_lr": max_lr, "seed": seed})
             with stop_allowed():
                 result = train(config, data=self.data, callback=report)
-            runs.append(_run_record(seed, history, result))
-            trial.set_user_attr("runs", runs)
+            runs.append(SeedRun.from_history(seed, history, result))
+            record.save_runs(trial, runs)
             if result.diverged is not None:
-                reason = {"seed": seed, "step": result.diverged.step, "lr": result.diverged.lr}
-                trial.set_user_attr("diverged", reason)
+                divergence = RunDivergence(result.diverged.step, result.diverged.lr)
+                record.mark_diverged(trial, seed, divergence)
                 raise TrainingDiverged(
-                    f"seed {seed} diverged at step {reason['step']} (lr {reason['lr']:.3g})"
+                    f"seed {seed} diverged at step {divergence.step} (lr {divergence.lr:.3g})"
                 )
-        values = [run["val_accuracy"] for run in runs]
-        trial.set_user_attr("val_accuracy_std", statistics.pstdev(values))
-        trial.set_user_attr("val_loss", statistics.fmean(run["val_loss"] for run in runs))
-        trial.set_user_attr("train_loss", statistics.fmean(run["train_loss"] for run in runs))
-        return statistics.fmean(values)
+        record.save_means(trial, runs)
+        return statistics.fmean(run.val_accuracy for run in runs if run.val_accuracy is not None)

@@ -1,4 +1,7 @@
-"""Where a study lives: a journal file by default, any Optuna storage URL otherwise."""
+"""Where a study lives: a journal file by default, any Optuna storage URL otherwise.
+
+A leaf: it knows URLs, drivers, timeouts and heartbeats, and imports no stage of balance.
+"""
 
 from __future__ import annotations
 
@@ -122,10 +125,48 @@ def _redact(url: str) -> str:
 
 
 def load_existing(study_name: str, storage: BaseStorage) -> optuna.Study:
-    """Load a study that must already exist (workers join; they never create)."""
+    """Load a study that must already exist (workers and reports join; they never create).
+
+    Raises:
+        ConfigError: the storage holds no study of that name.
+    """
     try:
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         raise ConfigError(
             f"study: no study named {study_name!r} in this storage; start it with `balance sweep`"
         ) from None
+
+
+def open_existing(study_name: str, url: str) -> tuple[optuna.Study, BaseStorage]:
+    """Open the storage at ``url`` and load a study that must exist there, with its storage.
+
+    A journal path that does not exist is refused before it is created.
+
+    Raises:
+        ConfigError: no such journal file, or no study of that name in the storage.
+    """
+    if is_file_storage(url) and not Path(url).exists():
+        raise ConfigError(
+            f"study: no study named {study_name!r} at {url}; start it with `balance sweep`"
+        )
+    storage = open_storage(url)
+    return load_existing(study_name, storage), storage
+
+
+def has_heartbeat(storage: BaseStorage) -> bool:
+    """Whether running trials in ``storage`` send heartbeats (database storages opened here).
+
+    Journal files have none: a dead worker's trial there cannot be told from a live one.
+    """
+    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
+
+
+def trial_id(storage: BaseStorage, study_name: str, number: int) -> int:
+    """The storage's id of trial ``number`` of a study, through the public storage API.
+
+    Optuna's ``FrozenTrial`` keeps the id private; storage methods that change a
+    trial someone else is running (failing a dead worker's trial) need it.
+    """
+    study_id = storage.get_study_id_from_name(study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)

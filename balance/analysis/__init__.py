@@ -1,0 +1,59 @@
+"""From a study record to frames, balance grids, a verdict and a summary: pure functions.
+
+Nothing here opens a storage: every function takes a
+:class:`~balance.record.StudyRecord` or frames made from one.
+"""
+
+from balance.analysis._frames import (
+    FRAME_COLUMNS,
+    GRID_INDEX,
+    METRIC_LABELS,
+    METRICS,
+    audit,
+    runs_frame,
+    trials_frame,
+)
+from balance.analysis._grid import (
+    CELL_STATUSES,
+    GRID_COLUMNS,
+    balance_grid,
+    batch_size_table,
+    bin_ranges,
+    grid_axes,
+)
+from balance.analysis._importance import Importances, param_importances
+from balance.analysis._summary import environment, summarize
+from balance.analysis._verdict import (
+    AXIS_WORDS,
+    Cell,
+    Effect,
+    Verdict,
+    balance_verdict,
+    regularizer_effects,
+)
+
+__all__ = [
+    "AXIS_WORDS",
+    "CELL_STATUSES",
+    "FRAME_COLUMNS",
+    "GRID_COLUMNS",
+    "GRID_INDEX",
+    "METRICS",
+    "METRIC_LABELS",
+    "Cell",
+    "Effect",
+    "Importances",
+    "Verdict",
+    "audit",
+    "balance_grid",
+    "balance_verdict",
+    "batch_size_table",
+    "bin_ranges",
+    "environment",
+    "grid_axes",
+    "param_importances",
+    "regularizer_effects",
+    "runs_frame",
+    "summarize",
+    "trials_frame",
+]

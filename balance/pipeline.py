@@ -1,0 +1,171 @@
+"""A whole study, end to end: preflight -> stage 1 -> queue -> workers -> test -> results -> report.
+
+Every stage is a module of its own and none imports a later one; this module sits
+above them all and is the only one that drives them in order. The data flows one
+way: study file -> :mod:`balance.config` -> :mod:`balance.range_test` (stage 1) ->
+:mod:`balance.study` (trials, each calling :func:`balance.train.train`) -> storage ->
+:mod:`balance.record` -> :mod:`balance.analysis` -> :mod:`balance.report`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from balance.analysis import summarize, trials_frame
+from balance.config import ConfigError, StudyConfig
+from balance.data import Dataset
+from balance.jsonable import write_json
+from balance.models import build_model
+from balance.record import StudyRecord, load_record
+from balance.report import build_report
+from balance.storage import open_existing, open_storage, storage_url
+from balance.study import (
+    ProgressCallback,
+    create_or_resume,
+    enqueue_missing_cells,
+    evaluate_on_test,
+    fail_dead_workers,
+    fix_max_lrs,
+    load_study_data,
+    run_workers,
+    worker_plan,
+)
+
+DEFAULT_ROOT = Path("reports")
+
+
+@dataclass
+class SweepResult:
+    """Where a finished sweep left its study and what it found."""
+
+    study_name: str
+    storage: str
+    out_dir: Path
+    summary: dict[str, Any]
+    report: Path
+
+
+def preflight(config: StudyConfig) -> Dataset:
+    """Check what the schema cannot: the data loads, every batch size fits, the model builds.
+
+    Runs before the storage is touched, so a bad study file never creates or changes a study.
+
+    Raises:
+        ConfigError: every problem found, one per line in ``problems``.
+    """
+    data = load_study_data(config)
+    problems = []
+    n_train = len(data.x_train)
+    for batch_size in config.batch_sizes:
+        if batch_size > n_train:
+            problems.append(
+                f"search.batch_size: {batch_size} is larger than the training split "
+                f"({n_train} examples)"
+            )
+    try:
+        build_model(config.train.model, data.input_shape, data.num_classes, config.train.dropout)
+    except ConfigError as error:
+        problems.append(str(error))
+    if problems:
+        raise ConfigError("; ".join(problems), problems)
+    return data
+
+
+def prepare(config: StudyConfig, url: str, data: Dataset) -> optuna.Study:
+    """Everything before the trials: create or resume the study, stage 1, queue the grid.
+
+    Trials that dead local workers left running are failed first, so their cells
+    are queued again. ``balance worker`` processes can join once this returned.
+    """
+    study = create_or_resume(config, url)
+    fix_max_lrs(study, config, data, threads=config.train.threads)
+    fail_dead_workers(study, open_storage(url))
+    if config.sampler == "grid":
+        enqueue_missing_cells(study, config)
+    return study
+
+
+def write_results(
+    record: StudyRecord, out_dir: Path, *, wall_time: float | None = None
+) -> dict[str, Any]:
+    """Write ``trials.csv``, ``trials.parquet`` and ``summary.json`` to ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = trials_frame(record)
+    frame.to_csv(out_dir / "trials.csv", index=False)
+    frame.to_parquet(out_dir / "trials.parquet", index=False)
+    summary = summarize(record, frame, wall_time=wall_time)
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def load_study_record(
+    config: StudyConfig, *, storage: str | None = None, root: Path = DEFAULT_ROOT
+) -> StudyRecord:
+    """Read the study a file names from its storage (the default journal under ``root``).
+
+    Raises:
+        ConfigError: no such journal file, or no study of that name in the storage.
+    """
+    url = storage_url(config, storage, root)
+    study, _ = open_existing(config.name, url)
+    return load_record(study, config, storage=url)
+
+
+def report(
+    config: StudyConfig,
+    *,
+    storage: str | None = None,
+    root: Path = DEFAULT_ROOT,
+    study_file: Path | None = None,
+) -> Path:
+    """(Re)build ``root/<study>/index.html`` from whatever the storage holds, mid-sweep too.
+
+    Reading never changes the study.
+
+    Raises:
+        ConfigError: the storage holds no study of that name.
+    """
+    record = load_study_record(config, storage=storage, root=root)
+    return build_report(record, root=root, study_file=study_file)
+
+
+def sweep(
+    config: StudyConfig,
+    *,
+    storage: str | None = None,
+    workers: int | None = None,
+    root: Path = DEFAULT_ROOT,
+    on_progress: ProgressCallback | None = None,
+    study_file: Path | None = None,
+) -> SweepResult:
+    """Run a whole study: stage 1 (max LR per batch size), stage 2 (the sweep), test, results.
+
+    Re-running the same study on the same storage resumes it: stage 1 is not
+    redone, completed cells are not run again, interrupted ones are. ``study_file``
+    only names the file in the report.
+
+    Example:
+        >>> from balance import load_study_file, sweep
+        >>> result = sweep(load_study_file("studies/mnist1d-cnn.toml"))  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    data = preflight(config)
+    url = storage_url(config, storage, root)
+    prepare(config, url, data)
+    n_workers = config.workers if workers is None else workers
+    run_workers(config, url, n_workers, on_progress)
+    study, _ = open_existing(config.name, url)
+    threads = worker_plan(config, n_workers)[0][0]
+    evaluate_on_test(study, config, data, threads=threads, workers=n_workers)
+    record = load_record(study, config, storage=url)
+    out_dir = root / config.name
+    summary = write_results(record, out_dir, wall_time=time.perf_counter() - started)
+    page = build_report(record, root=root, study_file=study_file)
+    return SweepResult(
+        study_name=config.name, storage=url, out_dir=out_dir, summary=summary, report=page
+    )

@@ -1,0 +1,78 @@
+"""Results of a range test: the curves, every rule's suggestion, the chosen LRs, the verdict."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from balance.jsonable import jsonable
+
+
+class RangeTestWarning(UserWarning):
+    """A range-test curve that its suggestions should not be trusted on."""
+
+
+@dataclass(frozen=True)
+class SuperConvergence:
+    """Whether validation accuracy holds its peak far past the steepest-descent LR.
+
+    ``verdict`` is ``"likely"``, ``"unlikely"`` or ``"unknown"`` (no validation
+    accuracy was measured, or the loss never descended).
+    """
+
+    verdict: str
+    peak_accuracy: float | None
+    peak_lr: float | None
+    plateau_end_lr: float | None
+    steepest_lr: float | None
+    ratio: float | None
+    explanation: str
+
+
+@dataclass
+class RangeTestResult:
+    """Curves, suggestions, chosen LRs, diagnostic and warnings of one range test.
+
+    ``lrs``, ``losses`` and ``smoothed`` have one entry per step taken (a
+    non-finite loss is kept in ``losses`` and its ``smoothed`` entry is NaN).
+    ``rule`` is the rule whose LR became ``max_lr``: the configured one unless it
+    could not answer (a warning then names the fallback; ``"start_lr"`` when no
+    rule could). ``min_lr`` is ``max_lr / div_factor``, the 1cycle start LR. ``repeats``
+    sweeps from fresh seeds were averaged into these curves.
+    """
+
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    val_steps: list[int]
+    val_lrs: list[float]
+    val_losses: list[float]
+    val_accuracies: list[float]
+    diverged_at: int | None
+    suggestions: dict[str, float | None]
+    rule: str
+    max_lr: float
+    min_lr: float
+    batch_size: int
+    diagnostic: SuperConvergence
+    warnings: list[str] = field(default_factory=list)
+    repeats: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """A dict that strict JSON accepts: non-finite floats become ``None``."""
+        return jsonable(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RangeTestResult:
+        """Rebuild a result from :meth:`to_dict` output (unknown keys are ignored)."""
+        known = {item.name for item in fields(cls)}
+        values = {key: value for key, value in d.items() if key in known}
+        for key in ("lrs", "losses", "smoothed", "val_lrs", "val_losses", "val_accuracies"):
+            values[key] = [math.nan if value is None else float(value) for value in values[key]]
+        values["val_steps"] = [int(step) for step in values["val_steps"]]
+        values["suggestions"] = dict(values["suggestions"])
+        values["warnings"] = list(values.get("warnings", []))
+        values["diagnostic"] = SuperConvergence(**values["diagnostic"])
+        return cls(**values)
+

@@ -1,0 +1,322 @@
+"""The sweep loop: train while the LR grows, record every step, put everything back."""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from balance.config import ConfigError, RangeTestConfig, SweepMode, TrainConfig
+from balance.data import Dataset, epoch_batches
+from balance.loop import evaluate, prepare
+from balance.optim import build_optimizer
+from balance.range_test._diagnostics import curve_warnings, diagnose_super_convergence
+from balance.range_test._result import RangeTestResult, RangeTestWarning
+from balance.range_test._rules import choose, smooth, suggest_all
+
+def sweep_lrs(start_lr: float, end_lr: float, num_steps: int, mode: SweepMode) -> list[float]:
+    """Each step's LR: geometric (``exp``) or evenly spaced (``linear``), both ends included."""
+    if num_steps < 2:
+        raise ValueError(f"num_steps must be >= 2, got {num_steps}")
+    last = num_steps - 1
+    if mode == "exp":
+        ratio = end_lr / start_lr
+        return [start_lr * ratio ** (i / last) for i in range(num_steps)]
+    return [start_lr + (end_lr - start_lr) * i / last for i in range(num_steps)]
+
+
+def _full_batches(
+    x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator, augment: bool
+) -> Iterator[tuple[Tensor, Tensor]]:
+    # Endless shuffled epochs; a short last batch is dropped so every step's loss
+    # has the same noise level.
+    while True:
+        for xb, yb in epoch_batches(x, y, batch_size, generator, augment=augment):
+            if len(xb) == batch_size:
+                yield xb, yb
+
+
+@dataclass
+class _Saved:
+    model_state: dict[str, Tensor]
+    grads: list[Tensor | None]
+    modes: list[bool]
+    optimizer_state: dict[str, Any]
+    cpu_rng: Tensor
+    cuda_rng: list[Tensor] | None
+
+
+def _save(model: nn.Module, optimizer: torch.optim.Optimizer) -> _Saved:
+    return _Saved(
+        model_state={key: value.detach().clone() for key, value in model.state_dict().items()},
+        grads=[None if p.grad is None else p.grad.detach().clone() for p in model.parameters()],
+        modes=[module.training for module in model.modules()],
+        optimizer_state=copy.deepcopy(optimizer.state_dict()),
+        cpu_rng=torch.get_rng_state(),
+        cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+    )
+
+
+def _restore(saved: _Saved, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    model.load_state_dict(saved.model_state)  # copies in place: the optimizer keeps its params
+    for parameter, grad in zip(model.parameters(), saved.grads, strict=True):
+        parameter.grad = grad
+    for module, training in zip(model.modules(), saved.modes, strict=True):
+        module.training = training
+    optimizer.load_state_dict(saved.optimizer_state)
+    torch.set_rng_state(saved.cpu_rng)
+    if saved.cuda_rng is not None:
+        torch.cuda.set_rng_state_all(saved.cuda_rng)
+
+
+def _validation_subset(data: Dataset, size: int) -> tuple[Tensor, Tensor]:
+    # The same examples every time: a fixed seed, independent of the shuffling generator.
+    order = torch.randperm(len(data.x_val), generator=torch.Generator().manual_seed(0))
+    index = order[: min(size, len(data.x_val))].to(data.x_val.device)
+    return data.x_val[index], data.y_val[index]
+
+
+@dataclass
+class _Sweep:
+    """The raw record of one sweep (or the step-by-step mean of several)."""
+
+    lrs: list[float]
+    losses: list[float]
+    val_steps: list[int]
+    val_losses: list[float]
+    val_accuracies: list[float]
+    diverged_at: int | None
+
+
+def _sweep(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: Dataset,
+    *,
+    batch_size: int,
+    config: RangeTestConfig,
+    generator: torch.Generator | None,
+    augment: bool,
+) -> _Sweep:
+    """Train through the LR schedule, recording each step; restore everything afterwards."""
+    schedule = sweep_lrs(config.start_lr, config.end_lr, config.num_steps, config.mode)
+    record = _Sweep([], [], [], [], [], None)
+    saved = _save(model, optimizer)
+    try:
+        if generator is None:
+            seed = int(torch.randint(2**62, ()).item())
+            generator = torch.Generator(device=data.x_train.device).manual_seed(seed)
+        batches = _full_batches(data.x_train, data.y_train, batch_size, generator, augment)
+        x_val, y_val = _validation_subset(data, config.val_size)
+        criterion = nn.CrossEntropyLoss()
+        beta, average, best = config.ema_beta, 0.0, math.inf
+        model.train()
+        for step, lr in enumerate(schedule):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            xb, yb = next(batches)
+            loss = criterion(model(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            value = loss.item()  # one host sync per step: the stop rule needs the value
+            record.lrs.append(lr)
+            record.losses.append(value)
+            if not math.isfinite(value):
+                record.diverged_at = step
+                break
+            average = beta * average + (1 - beta) * value
+            current = average / (1 - beta ** (step + 1))  # bias correction, as smooth()
+            best = min(best, current)
+            if config.val_every and (step + 1) % config.val_every == 0:
+                val_loss, val_accuracy = evaluate(model, x_val, y_val)
+                record.val_steps.append(step)
+                record.val_losses.append(val_loss)
+                record.val_accuracies.append(val_accuracy)
+            if current > config.diverge_threshold * best:
+                record.diverged_at = step
+                break
+    finally:
+        _restore(saved, model, optimizer)
+    return record
+
+
+def _mean_sweep(sweeps: Sequence[_Sweep]) -> _Sweep:
+    """Step-by-step means of sweeps over the same schedule, up to where the first one stopped."""
+    if len(sweeps) == 1:
+        return sweeps[0]
+    length = min(len(sweep.losses) for sweep in sweeps)
+    stopped = any(sweep.diverged_at == length - 1 for sweep in sweeps)
+    val_count = min(sum(step < length for step in sweep.val_steps) for sweep in sweeps)
+
+    def mean(name: str, count: int) -> list[float]:
+        return np.mean([getattr(sweep, name)[:count] for sweep in sweeps], axis=0).tolist()
+
+    return _Sweep(
+        lrs=sweeps[0].lrs[:length],
+        losses=mean("losses", length),
+        val_steps=sweeps[0].val_steps[:val_count],
+        val_losses=mean("val_losses", val_count),
+        val_accuracies=mean("val_accuracies", val_count),
+        diverged_at=length - 1 if stopped else None,
+    )
+
+
+def _result(
+    sweep: _Sweep, config: RangeTestConfig, *, batch_size: int, div_factor: float, repeats: int
+) -> RangeTestResult:
+    """Smooth the curve, ask every rule, choose ``max_lr``, diagnose and warn."""
+    smoothed = smooth(sweep.losses, config.ema_beta)
+    val_lrs = [sweep.lrs[step] for step in sweep.val_steps]
+    suggestions = suggest_all(
+        sweep.lrs,
+        smoothed,
+        val_lrs,
+        sweep.val_accuracies,
+        skip_start=config.skip_start,
+        mode=config.mode,
+        tolerance=config.accuracy_tolerance,
+        minimum_fraction=config.minimum_fraction,
+    )
+    found = curve_warnings(
+        sweep.lrs,
+        smoothed,
+        num_steps=config.num_steps,
+        diverged_at=sweep.diverged_at,
+        skip_start=config.skip_start,
+    )
+    rule, max_lr = choose(suggestions, config.rule, config.start_lr, found)
+    diagnostic = diagnose_super_convergence(
+        val_lrs, sweep.val_accuracies, suggestions["steepest"], tolerance=config.accuracy_tolerance
+    )
+    for message in found:
+        warnings.warn(message, RangeTestWarning, stacklevel=3)
+    return RangeTestResult(
+        lrs=sweep.lrs,
+        losses=sweep.losses,
+        smoothed=smoothed,
+        val_steps=sweep.val_steps,
+        val_lrs=val_lrs,
+        val_losses=sweep.val_losses,
+        val_accuracies=sweep.val_accuracies,
+        diverged_at=sweep.diverged_at,
+        suggestions=suggestions,
+        rule=rule,
+        max_lr=max_lr,
+        min_lr=max_lr / div_factor,
+        batch_size=batch_size,
+        diagnostic=diagnostic,
+        warnings=found,
+        repeats=repeats,
+    )
+
+
+def _check_sizes(data: Dataset, batch_size: int, div_factor: float) -> None:
+    if not 1 <= batch_size <= len(data.x_train):
+        raise ConfigError(
+            f"batch_size: must be between 1 and the training split size "
+            f"({len(data.x_train)}), got {batch_size}"
+        )
+    if div_factor <= 1:
+        raise ConfigError(f"div_factor: must be > 1, got {div_factor}")
+
+
+def range_test(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: Dataset,
+    *,
+    batch_size: int,
+    config: RangeTestConfig | None = None,
+    div_factor: float = 25.0,
+    generator: torch.Generator | None = None,
+    augment: bool = False,
+) -> RangeTestResult:
+    """Sweep the LR over ``config.num_steps`` training steps of this model and suggest ``max_lr``.
+
+    One sweep of the model as it stands (``config.repeats`` is for
+    :func:`find_max_lr`, which builds fresh models). Stops early, without
+    raising, when the smoothed loss exceeds ``diverge_threshold`` times its best
+    or a loss is not finite. Every parameter group gets the same swept LR.
+    Everything the test touches is restored afterwards (see the module docstring).
+
+    Args:
+        model: the network, on the same device as ``data``.
+        optimizer: its optimizer; momentum/beta1 stay as set.
+        data: the data set; batches come from ``x_train``, validation from ``x_val``.
+        batch_size: examples per step (the LR to suggest depends on it).
+        config: sweep, smoothing, stop and rule settings (default ``RangeTestConfig()``).
+        div_factor: ``min_lr = max_lr / div_factor`` (the 1cycle start LR).
+        generator: shuffles the batches; by default one seeded from torch's global
+            RNG (whose state is restored afterwards).
+        augment: augment image batches as training would.
+
+    Returns:
+        The curves, every rule's suggestion, the chosen ``max_lr`` and ``min_lr``,
+        the super-convergence diagnostic and any warnings (also issued as
+        :class:`RangeTestWarning`).
+    """
+    config = RangeTestConfig() if config is None else config
+    _check_sizes(data, batch_size, div_factor)
+    sweep = _sweep(
+        model,
+        optimizer,
+        data,
+        batch_size=batch_size,
+        config=config,
+        generator=generator,
+        augment=augment,
+    )
+    return _result(sweep, config, batch_size=batch_size, div_factor=div_factor, repeats=1)
+
+
+
+def find_max_lr(
+    train_config: TrainConfig,
+    range_config: RangeTestConfig | None = None,
+    *,
+    data: Dataset | None = None,
+) -> RangeTestResult:
+    """Run the range test on the model, optimizer and batches ``train_config`` would train.
+
+    Data, device, seed and model come from :func:`balance.train.prepare`, the
+    optimizer (weight decay, momentum fixed at ``train_config.momentum``, or
+    beta1 for Adam) from :func:`balance.optim.build_optimizer`; batches are
+    shuffled with the seed and augmented when training would be. With
+    ``range_config.repeats`` = k, k sweeps run from fresh models seeded
+    ``seed``, ``seed + 1``, ...; their losses (and validation measurements) are
+    averaged step by step before smoothing, so one unlucky initialization or
+    batch order moves the suggestion less. ``min_lr`` uses
+    ``train_config.div_factor``.
+    """
+    range_config = RangeTestConfig() if range_config is None else range_config
+    sweeps = []
+    for offset in range(range_config.repeats):
+        run = train_config.model_copy(update={"seed": train_config.seed + offset})
+        data, model, device = prepare(run, data)
+        _check_sizes(data, run.batch_size, run.div_factor)
+        optimizer = build_optimizer(model, run, range_config.start_lr)
+        sweeps.append(
+            _sweep(
+                model,
+                optimizer,
+                data,
+                batch_size=run.batch_size,
+                config=range_config,
+                generator=torch.Generator(device=device).manual_seed(run.seed),
+                augment=run.augment,
+            )
+        )
+    return _result(
+        _mean_sweep(sweeps),
+        range_config,
+        batch_size=train_config.batch_size,
+        div_factor=train_config.div_factor,
+        repeats=range_config.repeats,
+    )
