@@ -25,7 +25,6 @@ from typing import (
     Literal,
     NoReturn,
     Union,
-    cast,
     get_args,
     get_origin,
     get_type_hints,
@@ -38,8 +37,6 @@ from pydantic.fields import FieldInfo
 from balance.config import ConfigError, RangeTestConfig, TrainConfig, format_validation_error
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
     from balance.config import StudyConfig
     from balance.range_test import RangeTestResult
     from balance.train import EpochMetrics

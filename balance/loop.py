@@ -48,7 +48,6 @@ class Divergence:
     loss: float
 
 
-
 EpochCallback = Callable[[EpochMetrics], None]
 """Called after every epoch; raising (for example ``optuna.TrialPruned``) stops the run."""
 
@@ -202,5 +201,3 @@ def prepare(
     torch.manual_seed(config.seed)
     model = build_model(config.model, data.input_shape, data.num_classes, config.dropout)
     return data, model.to(device), device
-
-

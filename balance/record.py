@@ -261,7 +261,9 @@ class TrialRecord:
         )
 
 
-def read_trials(study: optuna.Study, states: Iterable[TrialState] | None = None) -> list[TrialRecord]:
+def read_trials(
+    study: optuna.Study, states: Iterable[TrialState] | None = None
+) -> list[TrialRecord]:
     """The study's trials as records, by number (``states`` limits them)."""
     chosen = None if states is None else tuple(states)
     return [TrialRecord.from_frozen(t) for t in study.get_trials(deepcopy=False, states=chosen)]
@@ -307,7 +309,9 @@ def save_means(trial: optuna.Trial, runs: Sequence[SeedRun]) -> None:
     """Store the std of validation accuracy and the mean losses over the trial's seeds."""
     values = [run.val_accuracy for run in runs if run.val_accuracy is not None]
     trial.set_user_attr(_VAL_ACCURACY_STD, statistics.pstdev(values))
-    trial.set_user_attr(_VAL_LOSS, statistics.fmean(r.val_loss for r in runs if r.val_loss is not None))
+    trial.set_user_attr(
+        _VAL_LOSS, statistics.fmean(r.val_loss for r in runs if r.val_loss is not None)
+    )
     trial.set_user_attr(
         _TRAIN_LOSS, statistics.fmean(r.train_loss for r in runs if r.train_loss is not None)
     )
@@ -368,8 +372,7 @@ class StageOne:
         return cls(
             max_lrs={int(size): float(lr) for size, lr in attrs.get(_MAX_LRS, {}).items()},
             range_tests={
-                int(size): RangeTestResult.from_dict(tests[size])
-                for size in sorted(tests, key=int)
+                int(size): RangeTestResult.from_dict(tests[size]) for size in sorted(tests, key=int)
             },
         )
 

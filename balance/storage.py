@@ -148,7 +148,8 @@ def open_existing(study_name: str, url: str) -> tuple[optuna.Study, BaseStorage]
     """
     if is_file_storage(url) and not Path(url).exists():
         raise ConfigError(
-            f"study: no study named {study_name!r} at {url}; start it with `balance sweep`"
+            f"study: no study named {study_name!r}: no journal at {url}; "
+            "start it with `balance sweep`"
         )
     storage = open_storage(url)
     return load_existing(study_name, storage), storage

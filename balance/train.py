@@ -21,6 +21,7 @@ from balance.optim import build_optimizer
 from balance.range_test import RangeTestResult, find_max_lr
 from balance.schedule import build_scheduler
 
+
 @dataclass
 class TrainResult:
     """Curves and figures of one training run."""

@@ -42,27 +42,29 @@ from typing import Any
 import optuna
 from _common import headline, machine, median, parser, spread, write_result
 
-import balance.analysis
-import balance.report
+import balance.pipeline
 from balance.config import StudyConfig, build, load_study_file
-from balance.study import _sweep, open_storage, sweep
+from balance.pipeline import sweep
+from balance.record import read_trials
+from balance.storage import open_existing
 
 NAME = "end_to_end"
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STUDY = ROOT / "studies" / "mnist1d-cnn.toml"
 TIMED = {
-    _sweep: (
+    balance.pipeline: (
         "preflight",
         "create_or_resume",
         "fix_max_lrs",
         "fail_dead_workers",
         "enqueue_missing_cells",
         "run_workers",
-        "load_existing",
+        "open_existing",
         "evaluate_on_test",
+        "load_record",
+        "write_results",
+        "build_report",
     ),
-    balance.analysis: ("write_results",),
-    balance.report: ("build_report",),
 }
 TRAINING_PHASES = ("evaluate_on_test",)
 
@@ -129,13 +131,10 @@ def run_once(config: StudyConfig, root: Path) -> dict[str, Any]:
         started = time.perf_counter()
         result = sweep(config, root=root)
         total = time.perf_counter() - started
-    url = result.storage
-    study = optuna.load_study(study_name=config.name, storage=open_storage(url))
-    trials = [t for t in study.get_trials(deepcopy=False) if t.duration is not None]
-    in_trials = sum(t.duration.total_seconds() for t in trials if t.duration is not None)
-    steps_time = sum(
-        float(run.get("train_time", 0.0)) for t in trials for run in t.user_attrs.get("runs", [])
-    )
+    study, _ = open_existing(config.name, result.storage)
+    trials = [t for t in read_trials(study) if t.duration_s is not None]
+    in_trials = sum(t.duration_s for t in trials if t.duration_s is not None)
+    steps_time = sum(run.train_time or 0.0 for t in trials for run in t.runs)
     workers = config.workers
     trials_wall = phases.get("run_workers", 0.0)
     inside = min(in_trials / workers, trials_wall)
@@ -201,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             phases.get(name, 0.0)
             for name in ("create_or_resume", "fail_dead_workers", "enqueue_missing_cells")
         )
-        + phases.get("load_existing", 0.0),
+        + phases.get("open_existing", 0.0)
+        + phases.get("load_record", 0.0),
         "data and checks": phases.get("preflight", 0.0),
         "workers outside trials": median([run["trials_overhead_s"] for run in runs]),
         "results files": phases.get("write_results", 0.0),

@@ -39,9 +39,9 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorData
 
 from balance.config import RangeTestConfig, TrainConfig
 from balance.data import Dataset, load_dataset
+from balance.loop import prepare
 from balance.optim import build_optimizer
 from balance.range_test import RangeTestWarning, range_test
-from balance.train import prepare
 
 NAME = "lr_finder_speed"
 NO_STOP = 1e9

@@ -1,6 +1,6 @@
 """PostgreSQL under load: 4 worker processes x 200 very short trials, nothing lost or repeated.
 
-The storage is the one balance opens (``balance.study.open_storage``: Optuna's RDB
+The storage is the one balance opens (``balance.storage.open_storage``: Optuna's RDB
 storage with the 20 s heartbeat and the retry callback). 800 trials are queued,
 each fixing a distinct ``task`` number, as ``balance sweep`` queues grid cells; each
 worker process then runs ``study.optimize(objective, n_trials=200)`` with an
@@ -42,7 +42,7 @@ import optuna
 from _common import headline, machine, parser, write_result
 from optuna.trial import TrialState
 
-from balance.study import open_storage
+from balance.storage import open_storage
 
 NAME = "postgres_load"
 TESTS = Path(__file__).parent.parent / "tests"

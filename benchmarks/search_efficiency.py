@@ -42,8 +42,10 @@ from _common import headline, machine, median, parser, write_result
 
 from balance.analysis import trials_frame
 from balance.config import StudyConfig, build, load_study_file
-from balance.study import create_or_resume, open_storage, preflight, run_workers
-from balance.study._sweep import fix_max_lrs
+from balance.pipeline import preflight
+from balance.record import load_record
+from balance.storage import open_storage
+from balance.study import create_or_resume, fix_max_lrs, run_workers
 
 NAME = "search_efficiency"
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +96,7 @@ def run_study(config: StudyConfig, root: Path) -> optuna.Study:
 
 def steps_to_within(study: optuna.Study, config: StudyConfig, goal: float) -> dict[str, Any]:
     """Steps spent until the first trial at or above ``goal`` completed (see the module doc)."""
-    frame = trials_frame(study, config).set_index("number")
+    frame = trials_frame(load_record(study, config, storage="benchmark")).set_index("number")
     ended = sorted(
         (t.datetime_complete, t)
         for t in study.get_trials(deepcopy=False)
@@ -130,7 +132,7 @@ def steps_to_within(study: optuna.Study, config: StudyConfig, goal: float) -> di
 
 
 def summary_of(study: optuna.Study, config: StudyConfig) -> dict[str, Any]:
-    frame = trials_frame(study, config)
+    frame = trials_frame(load_record(study, config, storage="benchmark"))
     complete = frame[frame["state"] == "complete"]
     return {
         "best_val_accuracy": float(complete["val_accuracy"].max()) if len(complete) else None,

@@ -42,9 +42,10 @@ from joblib import Parallel, delayed
 
 from balance.config import RangeTestConfig, TrainConfig
 from balance.data import Dataset, load_dataset
+from balance.loop import prepare
 from balance.optim import build_optimizer
 from balance.range_test import SUGGESTION_RULES, RangeTestWarning, find_max_lr
-from balance.train import prepare, train
+from balance.train import train
 
 NAME = "suggestion_rules"
 RULES = tuple(SUGGESTION_RULES)

@@ -66,7 +66,7 @@ from joblib import Parallel, delayed
 
 from balance.config import StudyConfig, TrainConfig, build
 from balance.data import load_dataset
-from balance.study import sweep
+from balance.pipeline import sweep
 from balance.train import train
 
 NAME = "super_convergence"

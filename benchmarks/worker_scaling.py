@@ -45,14 +45,9 @@ from _common import headline, interleaved, machine, median, parser, spread, writ
 from optuna.trial import TrialState
 
 from balance.config import StudyConfig, build
-from balance.study import (
-    create_or_resume,
-    enqueue_missing_cells,
-    open_storage,
-    preflight,
-    run_workers,
-)
-from balance.study._sweep import fix_max_lrs
+from balance.pipeline import preflight
+from balance.storage import open_storage
+from balance.study import create_or_resume, enqueue_missing_cells, fix_max_lrs, run_workers
 
 NAME = "worker_scaling"
 TARGET = 1.7

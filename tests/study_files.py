@@ -12,7 +12,8 @@ import optuna
 from optuna.trial import TrialState
 
 from balance.config import StudyConfig, build
-from balance.study import open_storage, storage_url
+from balance.record import StudyRecord, load_record
+from balance.storage import open_storage, storage_url
 
 ROOT = Path(__file__).parent.parent
 BALANCE = [sys.executable, "-m", "balance.cli"]
@@ -39,6 +40,11 @@ def load_study(config: StudyConfig, root: Path) -> optuna.Study:
     return optuna.load_study(
         study_name=config.name, storage=open_storage(storage_url(config, None, root))
     )
+
+
+def record_of(study: optuna.Study, config: StudyConfig) -> StudyRecord:
+    """The study read as balance's analysis and report read it."""
+    return load_record(study, config, storage="test")
 
 
 def tiny_values(name: str, **overrides: Any) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from balance.cli import app
 from balance.config import StudyConfig, build
-from balance.study import preflight, prepare, run_worker
+from balance.pipeline import preflight, prepare
+from balance.study import run_worker
 
 NAME = "kept"
 

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 
 from balance.cli import app
 from balance.config import StudyConfig, build
-from balance.study import cell_key, grid_cells
+from balance.record import cell_key
 
 STOP_BOUND_S = 30  # a stopped sweep must exit within this
 
@@ -149,7 +149,7 @@ def test_sigterm_and_ctrl_c_stop_the_sweep_keeping_its_trials_then_report_and_re
     assert resumed.exit_code == 0, resumed.output
     study = load("stopped", url)
     config = build(StudyConfig, STOPPED)
-    expected = sorted(cell_key(cell) for cell in grid_cells(config.search))
+    expected = sorted(cell_key(cell) for cell in config.search.grid_cells())
     assert cells_by_state(study, TrialState.COMPLETE) == expected  # each cell exactly once
     assert second.items() <= {t.number: t.value for t in study.trials}.items()
 
@@ -185,7 +185,7 @@ def test_a_dead_local_worker_is_one_line_and_exit_3_and_a_rerun_finishes(
     resumed = CliRunner().invoke(app, [*command[3:], "--workers", "1"])  # in this process
     assert resumed.exit_code == 0, resumed.output
     config = build(StudyConfig, values)
-    expected = sorted(cell_key(cell) for cell in grid_cells(config.search))
+    expected = sorted(cell_key(cell) for cell in config.search.grid_cells())
     assert cells_by_state(load("dying", url), TrialState.COMPLETE) == expected
 
 

@@ -15,7 +15,7 @@ from wsgiref.util import setup_testing_defaults
 
 from optuna_dashboard import wsgi
 
-from balance.study import open_storage
+from balance.storage import open_storage
 
 EXAMPLE = Path(__file__).parents[1] / "reports" / "example" / "mnist1d-cnn" / "study.journal"
 

@@ -19,6 +19,7 @@ from study_files import (
     ROOT,
     cells_by_state,
     load,
+    record_of,
     subprocess_env,
     tiny_values,
     write_study,
@@ -26,7 +27,9 @@ from study_files import (
 
 from balance.analysis import audit, trials_frame
 from balance.config import StudyConfig, build
-from balance.study import cell_key, grid_cells, preflight, prepare, run_worker
+from balance.pipeline import preflight, prepare
+from balance.record import cell_key
+from balance.study import run_worker
 
 pytestmark = pytest.mark.postgres
 
@@ -71,7 +74,7 @@ def test_three_workers_train_every_cell_once_as_one_worker_does(
     assert finish(workers) == [0, 0, 0], [w.stderr.read()[-2000:] for w in workers if w.stderr]
 
     study, single = load("three", postgres_url), load("alone", postgres_url)
-    cells = sorted(cell_key(cell) for cell in grid_cells(three.search))
+    cells = sorted(cell_key(cell) for cell in three.search.grid_cells())
     diverging = sorted(key for key in cells if key.startswith("weight_decay=10000.0|"))
     for each in (study, single):
         assert cells_by_state(each, TrialState.COMPLETE) == sorted(set(cells) - set(diverging))
@@ -135,10 +138,10 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried_by_the_others(
     (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
     assert retry.state == TrialState.COMPLETE
     assert retry.user_attrs["cell"] == dead.user_attrs["cell"]
-    expected = sorted(cell_key(cell) for cell in grid_cells(config.search))
+    expected = sorted(cell_key(cell) for cell in config.search.grid_cells())
     assert cells_by_state(study, TrialState.COMPLETE) == expected
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
-    found = audit(trials_frame(study, config), config)
+    found = audit(trials_frame(record_of(study, config)), config)
     assert found["missing"] == [] and found["duplicated"] == []
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from balance.config import RangeTestConfig, TrainConfig
 from balance.data import load_dataset
+from balance.loop import fit, prepare
 from balance.optim import build_optimizer
 from balance.range_test import (
     SUGGESTION_RULES,
@@ -30,7 +31,7 @@ from balance.range_test import (
     suggest_valley,
 )
 from balance.schedule import build_scheduler
-from balance.train import fit, prepare, train
+from balance.train import train
 
 torch.set_num_threads(1)
 
@@ -435,7 +436,8 @@ def test_plot_marks_every_suggestion_and_names_batch_size_and_verdict(digits, tm
     from balance.report import plot_range_test, save_figure
 
     result = find_max_lr(DIGITS, RangeTestConfig(num_steps=60, val_every=5), data=digits)
-    ax = plot_range_test(result)
+    figure = plot_range_test(result)
+    ax = figure.axes[0]
     assert ax.get_xscale() == "log"
     assert "batch size 32" in ax.get_title() and result.diagnostic.verdict in ax.get_title()
     labels = ax.get_legend().get_texts()
@@ -444,5 +446,5 @@ def test_plot_marks_every_suggestion_and_names_batch_size_and_verdict(digits, tm
         if lr is not None:
             assert name in text
     assert "validation accuracy" in text and "max_lr" in text
-    path = save_figure(ax.figure, tmp_path / "plots" / "range.png")
+    path = save_figure(figure, tmp_path / "plots" / "range.png")
     assert path.stat().st_size > 1000

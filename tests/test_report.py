@@ -16,6 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from optuna.trial import TrialState
 from study_files import load_study as load
+from study_files import record_of
 from study_files import study_config as merged_config
 
 from balance.analysis import (
@@ -26,16 +27,11 @@ from balance.analysis import (
     trials_frame,
 )
 from balance.config import ConfigError, StudyConfig
-from balance.report import build_report
-from balance.report.plots import format_cell, plot_balance, plot_balance_scatter
-from balance.study import (
-    Objective,
-    create_or_resume,
-    enqueue_missing_cells,
-    storage_url,
-    sweep,
-)
-from balance.study._sweep import fix_max_lrs
+from balance.pipeline import report as build_report
+from balance.pipeline import sweep
+from balance.report.heatmaps import format_cell, plot_balance, plot_balance_scatter
+from balance.storage import storage_url
+from balance.study import Objective, create_or_resume, enqueue_missing_cells, fix_max_lrs
 
 # Listed out of order, and chosen so that text order (0, 0.001, 10000, 1e-05) differs from
 # numeric order. Weight decay 1e4 makes every run diverge in its first epoch.
@@ -148,7 +144,7 @@ def test_heatmap_numbers_are_the_means_over_seeds_of_the_trials_runs(
 ) -> None:
     config, root, _ = finished
     study = load(config, root)
-    runs, trials = runs_frame(study, config), trials_frame(study, config)
+    runs, trials = runs_frame(record_of(study, config)), trials_frame(record_of(study, config))
     grid = balance_grid(runs, metric, trials=trials, axes=grid_axes(config))
     expected = expected_cells(study, metric)
     assert len(expected) == 12
@@ -169,7 +165,7 @@ def test_heatmap_numbers_are_the_means_over_seeds_of_the_trials_runs(
 def test_trial_values_agree_with_the_grid(finished: tuple[StudyConfig, Path, Path]) -> None:
     config, root, _ = finished
     study = load(config, root)
-    grid = balance_grid(runs_frame(study, config), "val_accuracy")
+    grid = balance_grid(runs_frame(record_of(study, config)), "val_accuracy")
     for trial in study.get_trials(states=(TrialState.COMPLETE,)):
         key = (trial.params["batch_size"], trial.params["weight_decay"], trial.params["dropout"])
         assert grid.loc[key, "mean"] == pytest.approx(trial.value, abs=1e-12)
@@ -181,9 +177,9 @@ def test_heatmap_axes_are_in_numeric_order_not_text_or_file_order(
     config, root, _ = finished
     study = load(config, root)
     grid = balance_grid(
-        runs_frame(study, config),
+        runs_frame(record_of(study, config)),
         "val_accuracy",
-        trials=trials_frame(study, config),
+        trials=trials_frame(record_of(study, config)),
         axes=grid_axes(config),
     )
     figure = plot_balance(grid, "val_accuracy")
@@ -209,9 +205,9 @@ def test_diverged_cells_are_marked_and_listed_with_their_reason(
 ) -> None:
     config, root, page_path = finished
     study = load(config, root)
-    trials = trials_frame(study, config)
+    trials = trials_frame(record_of(study, config))
     grid = balance_grid(
-        runs_frame(study, config), "val_accuracy", trials=trials, axes=grid_axes(config)
+        runs_frame(record_of(study, config)), "val_accuracy", trials=trials, axes=grid_axes(config)
     )
     diverged = grid[grid["status"] == "diverged"]
     assert sorted(diverged.index) == [
@@ -274,9 +270,9 @@ def test_best_cell_is_outlined_and_the_verdict_names_it(
     config, root, page_path = finished
     study = load(config, root)
     grid = balance_grid(
-        runs_frame(study, config),
+        runs_frame(record_of(study, config)),
         "val_accuracy",
-        trials=trials_frame(study, config),
+        trials=trials_frame(record_of(study, config)),
         axes=grid_axes(config),
     )
     verdict = balance_verdict(grid)
@@ -355,7 +351,7 @@ def partial_study(root: Path, name: str, *, train_trials: int, running: bool) ->
         from balance.data import load_dataset
 
         data = load_dataset("digits")
-        max_lrs = fix_max_lrs(study, config, data)
+        max_lrs = fix_max_lrs(study, config, data).max_lrs
         enqueue_missing_cells(study, config)
         study.optimize(Objective(config, data, max_lrs), n_trials=train_trials)
     else:
@@ -375,9 +371,9 @@ def test_partial_running_study_builds_and_marks_running_and_queued_cells(
     assert page.images()
     study = load(config, tmp_path)
     grid = balance_grid(
-        runs_frame(study, config),
+        runs_frame(record_of(study, config)),
         "val_accuracy",
-        trials=trials_frame(study, config),
+        trials=trials_frame(record_of(study, config)),
         axes=grid_axes(config),
     )
     assert sorted(grid["status"]) == ["done", "done", "queued", "running"]
@@ -420,7 +416,7 @@ def test_bayesian_study_on_ranges_gives_a_non_empty_balance_figure(tmp_path: Pat
     )
     sweep(config, root=tmp_path)
     study = load(config, tmp_path)
-    trials = trials_frame(study, config)
+    trials = trials_frame(record_of(study, config))
     figure = plot_balance_scatter(trials, "val_accuracy", log_weight_decay=True)
     (ax,) = facets(figure).values()
     points = ax.collections[0].get_offsets()

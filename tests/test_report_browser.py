@@ -15,8 +15,8 @@ import pytest
 from playwright import sync_api
 
 from balance.config import StudyConfig, build
-from balance.report import build_report
-from balance.study import sweep
+from balance.pipeline import report as build_report
+from balance.pipeline import sweep
 
 CHROMIUM = Path(os.environ.get("BALANCE_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [

@@ -9,18 +9,18 @@ import pytest
 from optuna.trial import TrialState
 from study_files import study_config, tiny_values
 
+from balance.pipeline import preflight, prepare
+from balance.record import StageOne
+from balance.storage import storage_url
 from balance.study import (
     Objective,
-    preflight,
-    prepare,
     request_stop,
     requeue_interrupted,
     run_one_trial,
     stop_allowed,
     stop_deferred,
-    storage_url,
 )
-from balance.study._sweep import QueuedGridSampler, stored_max_lrs
+from balance.study._study import QueuedGridSampler
 
 
 def test_a_request_outside_any_block_stops_at_once() -> None:
@@ -58,6 +58,26 @@ def test_a_request_while_allowed_stops_at_once_and_deferring_resumes_after() -> 
             pass
 
 
+def test_a_write_inside_training_finishes_before_the_stop_is_taken() -> None:
+    # The objective's per-epoch storage writes run deferred inside the allowed block.
+    written = False
+    with stop_deferred(), stop_allowed():
+        with pytest.raises(KeyboardInterrupt):
+            with stop_deferred():
+                request_stop()
+                written = True  # the write went on after the request
+        assert written
+
+
+def test_a_nested_deferred_block_leaves_a_held_request_to_the_outer_one() -> None:
+    after_inner = False
+    with pytest.raises(KeyboardInterrupt), stop_deferred():
+        with stop_deferred():
+            request_stop()
+        after_inner = True
+    assert after_inner
+
+
 def test_an_error_in_the_block_drops_a_held_request() -> None:
     with pytest.raises(ValueError), stop_deferred():
         request_stop()
@@ -84,7 +104,7 @@ def test_a_stop_while_a_trial_is_claimed_fails_it_as_this_workers_and_queues_its
     study = prepare(config, url, data)
     cells = len(study.get_trials(states=(TrialState.WAITING,)))
     study.sampler = _StopWhileClaiming(config.search.axes())  # every axis is a list here
-    objective = Objective(config, data, stored_max_lrs(study), threads=1)
+    objective = Objective(config, data, StageOne.from_study(study).max_lrs, threads=1)
 
     with pytest.raises(KeyboardInterrupt):
         run_one_trial(study, objective)

@@ -13,12 +13,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from study_files import load_study as load
-from study_files import study_config, tiny_values
+from study_files import record_of, study_config, tiny_values
 
 from balance.analysis import audit, trials_frame
 from balance.config import ConfigError, StudyConfig
+from balance.pipeline import preflight, sweep
+from balance.record import cell_key
 from balance.study import _learning_rate as learning_rate_module
-from balance.study import cell_key, evaluate_on_test, grid_cells, preflight, sweep
+from balance.study import evaluate_on_test
 
 TESTS = Path(__file__).parent
 
@@ -36,7 +38,7 @@ def test_grid_trains_every_cell_exactly_once(tmp_path: Path) -> None:
     config = tiny_study("grid-once", search={"batch_size": [32, 64]})
     result = sweep(config, root=tmp_path)
     study = load(config, tmp_path)
-    expected = sorted(cell_key(cell) for cell in grid_cells(config.search))
+    expected = sorted(cell_key(cell) for cell in config.search.grid_cells())
     assert sorted(trained_cells(study)) == expected
     assert result.summary["audit"]["missing"] == []
     assert result.summary["audit"]["duplicated"] == []
@@ -104,7 +106,7 @@ def test_pruned_trials_are_recorded_as_pruned_with_their_partial_curve(tmp_path:
         run = trial.user_attrs["runs"][0]
         # the partial curve ends at the epoch the pruner stopped, its last report
         assert run["curve"]["epoch"] == sorted(trial.intermediate_values)
-    frame = trials_frame(study, config)
+    frame = trials_frame(record_of(study, config))
     assert (frame["state"] == "pruned").sum() == len(pruned)
     assert result.summary["trials"]["pruned"] == len(pruned)
 
@@ -125,7 +127,7 @@ def test_two_local_workers_share_one_study_without_duplicates(
     study = load(config, tmp_path)
     pids = {t.user_attrs["worker"]["pid"] for t in study.get_trials(states=(TrialState.COMPLETE,))}
     assert len(pids) == 2, "both worker processes should have trained cells"
-    assert sorted(trained_cells(study)) == sorted(cell_key(c) for c in grid_cells(config.search))
+    assert sorted(trained_cells(study)) == sorted(cell_key(c) for c in config.search.grid_cells())
     assert result.summary["audit"]["duplicated"] == []
 
 
@@ -133,7 +135,7 @@ SWEEP_SCRIPT = """
 import sys
 from pathlib import Path
 from balance.config import StudyConfig
-from balance.study import sweep
+from balance.pipeline import sweep
 config = StudyConfig.model_validate_json(Path(sys.argv[1]).read_text())
 sweep(config, root=Path(sys.argv[2]))
 """
@@ -173,8 +175,8 @@ def test_worker_killed_mid_trial_is_resumed_without_loss_or_repeats(tmp_path: Pa
     study = load(config, tmp_path)
     dead = study.get_trials(states=(TrialState.FAIL,))
     assert [t.user_attrs["fail_reason"] for t in dead] == ["worker died"]
-    assert sorted(trained_cells(study)) == sorted(cell_key(c) for c in grid_cells(config.search))
-    frame = trials_frame(study, config)
+    assert sorted(trained_cells(study)) == sorted(cell_key(c) for c in config.search.grid_cells())
+    frame = trials_frame(record_of(study, config))
     report = audit(frame, config)
     assert report["missing"] == [] and report["duplicated"] == []
 
@@ -195,8 +197,8 @@ def test_test_split_runs_shared_by_two_processes_equal_the_runs_in_one(tmp_path:
     two = evaluate_on_test(study, config, data, threads=1, workers=2)
 
     assert two == one
-    assert [run["seed"] for run in two["chosen"]["runs"]] == [0, 1]
-    assert len(two["baseline"]["runs"]) == 2
+    assert [run.seed for run in two.chosen.runs] == [0, 1]
+    assert two.baseline is not None and len(two.baseline.runs) == 2
 
 
 def test_a_one_cell_grid_runs_its_cell_once(tmp_path: Path) -> None:

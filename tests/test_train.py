@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from balance.config import ConfigError, TrainConfig
+from balance.config import ConfigError, RangeTestConfig, TrainConfig
 from balance.data import Dataset
 from balance.optim import build_optimizer, parameter_groups
+from balance.range_test import find_max_lr
 from balance.train import EpochMetrics, TrainResult, train
 
 
@@ -110,9 +111,16 @@ def test_batch_size_larger_than_the_training_split_is_a_config_error(digits: Dat
         train(_config(batch_size=401), data=digits)
 
 
-def test_max_lr_none_is_a_config_error(digits: Dataset) -> None:
-    with pytest.raises(ConfigError, match=r"^max_lr: required"):
-        train(_config(max_lr=None), data=digits)
+def test_max_lr_none_runs_the_range_test_and_trains_at_its_answer(digits: Dataset) -> None:
+    # The same meaning as `balance train` without --max-lr: the range test chooses max_lr.
+    # A non-default rule, so a range_config that train() ignored would fail here.
+    range_config = RangeTestConfig(num_steps=30, repeats=1, rule="steepest")
+    result = train(_config(max_lr=None), data=digits, range_config=range_config)
+    found = find_max_lr(_config(max_lr=None), range_config, data=digits)
+    assert result.range_test is not None and result.range_test.rule == "steepest"
+    assert result.max_lr == found.max_lr == found.suggestions["steepest"]
+    assert result.lr_trace[0] == pytest.approx(found.max_lr / 25.0)  # 1cycle starts at max/div
+    assert result.to_dict()["range_test"]["max_lr"] == found.max_lr
 
 
 def test_augment_on_non_image_data_is_a_config_error(digits: Dataset) -> None:

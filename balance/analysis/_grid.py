@@ -27,7 +27,6 @@ _STATUS_OF_STATE = {
 }
 
 
-
 def grid_axes(config: StudyConfig) -> dict[str, list[float]] | None:
     """Every value of each cell axis in numeric order, or ``None`` when one axis is a range.
 
@@ -136,7 +135,6 @@ def bin_ranges(frame: pd.DataFrame, config: StudyConfig, bins: int = 4) -> pd.Da
         position = np.clip(np.searchsorted(edges, binned[name], side="right") - 1, 0, bins - 1)
         binned[name] = middles[position]
     return binned
-
 
 
 def batch_size_table(

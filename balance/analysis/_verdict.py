@@ -9,6 +9,7 @@ import pandas as pd
 from balance.analysis._frames import GRID_INDEX, METRIC_LABELS
 from balance.record import CellResult, rank
 
+
 class Effect(NamedTuple):
     """How far one axis moved a metric: the spread of its marginal means.
 

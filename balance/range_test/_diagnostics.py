@@ -10,7 +10,7 @@ from balance.range_test._result import SuperConvergence
 from balance.range_test._rules import (
     DEFAULT_ACCURACY_TOLERANCE,
     MIN_POINTS,
-    plateau,
+    accuracy_plateau,
     usable_points,
 )
 
@@ -43,7 +43,7 @@ def diagnose_super_convergence(
     """
     if factor <= 0:
         raise ValueError(f"factor must be > 0, got {factor}")
-    plateau = plateau(val_lrs, val_accuracies, tolerance)
+    plateau = accuracy_plateau(val_lrs, val_accuracies, tolerance)
     if plateau is None:
         return SuperConvergence(
             "unknown",
@@ -111,5 +111,3 @@ def curve_warnings(
         elif diverged_at is None and int(np.argmin(y)) >= len(y) - max(2, len(y) // 20):
             found.append(f"loss still falling at the last LR {x[-1]:.3g}; raise end_lr")
     return found
-
-

@@ -75,4 +75,3 @@ class RangeTestResult:
         values["warnings"] = list(values.get("warnings", []))
         values["diagnostic"] = SuperConvergence(**values["diagnostic"])
         return cls(**values)
-

@@ -135,7 +135,7 @@ def suggest_minimum(
     return float(x[int(np.argmin(y))] * fraction)
 
 
-def plateau(
+def accuracy_plateau(
     val_lrs: Sequence[float], val_accuracies: Sequence[float], tolerance: float
 ) -> tuple[float, float, float] | None:
     """``(peak accuracy, peak LR, last LR of the plateau after the peak)``."""
@@ -164,7 +164,7 @@ def suggest_accuracy(
     ``tolerance`` (absolute, e.g. 0.02 = two points) of the peak. ``None`` with
     fewer than 3 finite measurements.
     """
-    plateau = plateau(val_lrs, val_accuracies, tolerance)
+    plateau = accuracy_plateau(val_lrs, val_accuracies, tolerance)
     return None if plateau is None else plateau[2]
 
 
@@ -200,7 +200,6 @@ def suggest_all(
     }
 
 
-
 def choose(
     suggestions: dict[str, float | None], rule: str, start_lr: float, found: list[str]
 ) -> tuple[str, float]:
@@ -215,5 +214,3 @@ def choose(
             return other, value
     found.append(f"no rule could suggest an LR; max_lr falls back to start_lr={start_lr:g}")
     return "start_lr", start_lr
-
-

@@ -7,6 +7,7 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from balance.optim import build_optimizer
 from balance.range_test._diagnostics import curve_warnings, diagnose_super_convergence
 from balance.range_test._result import RangeTestResult, RangeTestWarning
 from balance.range_test._rules import choose, smooth, suggest_all
+
 
 def sweep_lrs(start_lr: float, end_lr: float, num_steps: int, mode: SweepMode) -> list[float]:
     """Each step's LR: geometric (``exp``) or evenly spaced (``linear``), both ends included."""
@@ -274,7 +276,6 @@ def range_test(
         augment=augment,
     )
     return _result(sweep, config, batch_size=batch_size, div_factor=div_factor, repeats=1)
-
 
 
 def find_max_lr(

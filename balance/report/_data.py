@@ -109,9 +109,7 @@ def environment(recorded: dict[str, Any] | None, device: str) -> tuple[dict[str,
     from balance.analysis import environment as current
 
     env = {key: value for key, value in current(device).items() if key != "device"}
-    return env, (
-        "of the process that built this report (the sweep has not written summary.json)"
-    )
+    return env, ("of the process that built this report (the sweep has not written summary.json)")
 
 
 def budget_words(config: StudyConfig, steps: dict[int, int]) -> str:

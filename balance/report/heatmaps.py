@@ -339,5 +339,3 @@ def plot_batch_sizes(table: pd.DataFrame, grid: pd.DataFrame) -> Figure:
     lr_ax.set_title("max LR each batch size got (stage 1)")
     lr_ax.legend(fontsize="small")
     return figure
-
-

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from balance.analysis import runs_frame, trials_frame
-from balance.config import FloatRange, StudyConfig
+from balance.config import FloatRange
 from balance.record import FinalEvaluation, StudyRecord
 from balance.report import _data as data
 from balance.report import _sections as sections

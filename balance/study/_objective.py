@@ -17,7 +17,7 @@ from balance.data import Dataset
 from balance.loop import EpochMetrics
 from balance.optim import build_optimizer
 from balance.record import RunDivergence, SeedRun
-from balance.study._stopping import stop_allowed
+from balance.study._stopping import stop_allowed, stop_deferred
 from balance.train import train
 
 
@@ -120,9 +120,15 @@ class Objective:
                 seed: int = seed,
             ) -> None:
                 history.append(metrics)
-                trial.report(metrics.val_accuracy, index * epochs + metrics.epoch)
-                if trial.should_prune():
-                    record.save_runs(trial, [*runs, SeedRun.from_history(seed, history, None)])
+                # Training takes a stop at once, but never in the middle of a storage
+                # write: a journal line cut short, or a lock held by an interrupted
+                # write, kept the stopped worker from queueing its cell again.
+                with stop_deferred():
+                    trial.report(metrics.val_accuracy, index * epochs + metrics.epoch)
+                    prune = trial.should_prune()
+                    if prune:
+                        record.save_runs(trial, [*runs, SeedRun.from_history(seed, history, None)])
+                if prune:
                     raise optuna.TrialPruned(f"pruned at seed {seed}, epoch {metrics.epoch}")
 
             config = self.base.model_copy(update={**params, "max_lr": max_lr, "seed": seed})

@@ -42,7 +42,11 @@ def _take_pending() -> None:
 
 @contextmanager
 def stop_deferred() -> Iterator[None]:
-    """Hold stop requests inside the block; one that arrived is raised when it ends."""
+    """Hold stop requests inside the block; one that arrived is raised when it ends.
+
+    Nested in another deferred block, a held request stays held for the outer one.
+    """
+    outer = _state.deferring
     _state.deferring = True
     try:
         yield
@@ -50,8 +54,9 @@ def stop_deferred() -> Iterator[None]:
         _state.pending = False  # the block's own error ends the work already
         raise
     finally:
-        _state.deferring = False
-    _take_pending()
+        _state.deferring = outer
+    if not outer:
+        _take_pending()
 
 
 @contextmanager

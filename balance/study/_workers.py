@@ -18,7 +18,13 @@ from balance.data import Dataset, load_dataset
 from balance.record import StageOne
 from balance.storage import open_existing
 from balance.study._objective import Objective, TrainingDiverged
-from balance.study._queue import Progress, has_work, others_running, progress_of, requeue_interrupted
+from balance.study._queue import (
+    Progress,
+    has_work,
+    others_running,
+    progress_of,
+    requeue_interrupted,
+)
 from balance.study._stopping import request_stop, stop_deferred
 from balance.study._study import make_pruner, make_sampler
 
