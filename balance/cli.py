@@ -1,65 +1,35 @@
 """The ``balance`` command line: parses, calls the Python API, prints.
 
 Every configuration flag is derived from a field of :class:`~balance.config.TrainConfig`
-or :class:`~balance.config.RangeTestConfig` (``weight_decay`` -> ``--weight-decay``), with
-the field's description as help and its default shown. A flag left out stays out of the
-config, so the model's own default applies. Exit codes: 0 done, 1 the training run
+or :class:`~balance.config.RangeTestConfig` (``weight_decay`` -> ``--weight-decay``; see
+:mod:`balance.cli_flags`). Exit codes: 0 done, 1 the training run
 diverged, 2 bad input (usage errors included), 3 a local sweep worker died, 130
 interrupted.
 """
 
-import functools
-import inspect
-import json
-import math
 import sys
-import types
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import (
     TYPE_CHECKING,
     Annotated,
     Any,
-    Literal,
     NoReturn,
-    Union,
-    get_args,
-    get_origin,
-    get_type_hints,
 )
 
 import typer
 from pydantic import BaseModel, ValidationError
-from pydantic.fields import FieldInfo
 
+from balance.cli_flags import RANGE, RANGE_IF_NEEDED, RUN, SCHEDULE, build_models, config_options
 from balance.config import ConfigError, RangeTestConfig, TrainConfig, format_validation_error
+from balance.jsonable import write_json
 
 if TYPE_CHECKING:
     from balance.config import StudyConfig
     from balance.range_test import RangeTestResult
     from balance.train import EpochMetrics
-
-# TrainConfig fields only a training run uses; `lr-find` offers every other one (the range
-# test augments when training would, and reports min_lr = max_lr / div_factor).
-TRAIN_ONLY = (
-    "policy",
-    "max_lr",
-    "epochs",
-    "final_div_factor",
-    "pct_start",
-    "base_momentum",
-    "max_momentum",
-)
-COMMON = tuple(name for name in TrainConfig.model_fields if name not in TRAIN_ONLY)
-
-# A group of flags: a prefix for their help, the model they fill, the fields.
-Group = tuple[str, type[BaseModel], tuple[str, ...]]
-RUN: Group = ("", TrainConfig, COMMON)
-SCHEDULE: Group = ("", TrainConfig, TRAIN_ONLY)
-RANGE: Group = ("", RangeTestConfig, tuple(RangeTestConfig.model_fields))
-RANGE_IF_NEEDED: Group = ("range test, only without --max-lr: ", *RANGE[1:])
 
 EXIT_DIVERGED = 1
 EXIT_BAD_INPUT = 2
@@ -76,71 +46,6 @@ app = typer.Typer(
 )
 
 
-# --- flags derived from the config models ---------------------------------------------
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _cli_type(annotation: Any) -> tuple[Any, str | None]:
-    """The type the parser converts to, and a metavar listing the choices of a Literal."""
-    if get_origin(annotation) in (Union, types.UnionType):
-        (annotation,) = (arg for arg in get_args(annotation) if arg is not type(None))
-    if get_origin(annotation) is Literal:
-        choices = get_args(annotation)
-        # Parsed as text and checked by pydantic, so a bad choice reads like any bad value.
-        return str, "[" + "|".join(choices) + "]"
-    return annotation, None
-
-
-def _option(name: str, field: FieldInfo, prefix: str) -> inspect.Parameter:
-    kind, metavar = _cli_type(field.annotation)
-    flag = _flag(name)
-    decls = [f"{flag}/--no-{flag.removeprefix('--')}"] if kind is bool else [flag]
-    default = field.get_default()
-    shown = "" if default is None else f" [default: {default}]"
-    help_text = f"{prefix}{field.description or name.replace('_', ' ')}{shown}"
-    option = typer.Option(*decls, help=help_text, metavar=metavar, show_default=False)
-    # Every flag defaults to None, meaning "not given": the config's default then applies.
-    return inspect.Parameter(
-        name,
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[kind | None, option],
-    )
-
-
-def config_options(*groups: Group) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Add one flag per config field to a command whose signature ends in ``**values``."""
-
-    def decorate(func: Callable[..., None]) -> Callable[..., None]:
-        hints = get_type_hints(func, include_extras=True)
-        own = [
-            param.replace(annotation=hints[param.name])
-            for param in inspect.signature(func).parameters.values()
-            if param.kind is not inspect.Parameter.VAR_KEYWORD
-        ]
-        derived = [
-            _option(name, model.model_fields[name], prefix)
-            for prefix, model, names in groups
-            for name in names
-        ]
-        params = derived + own
-        if len({param.name for param in params}) != len(params):
-            raise TypeError(f"{func.__name__}: two flags share a name")
-
-        @functools.wraps(func)
-        def command(**values: Any) -> None:
-            func(**values)
-
-        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-        command.__annotations__ = {param.name: param.annotation for param in params}
-        return command
-
-    return decorate
-
-
 # --- validation and errors ---------------------------------------------------------------
 
 
@@ -152,13 +57,7 @@ def _fail(lines: list[str], code: int) -> NoReturn:
 
 def validate(values: dict[str, Any], *models: type[BaseModel]) -> list[Any]:
     """Build each model from the flags given for it; every problem is one line, exit 2."""
-    built, problems = [], []
-    for model in models:
-        given = {k: v for k, v in values.items() if k in model.model_fields and v is not None}
-        try:
-            built.append(model.model_validate(given))
-        except ValidationError as error:
-            problems += format_validation_error(error)
+    built, problems = build_models(values, *models)
     if problems:
         _fail([f"error: {line}" for line in problems], EXIT_BAD_INPUT)
     return built
@@ -179,22 +78,6 @@ def user_errors() -> Iterator[None]:
 
 TABLE = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "lr", "momentum")
 """Columns of the per-epoch table, named as the fields of ``EpochMetrics``."""
-
-
-def _finite(value: Any) -> Any:
-    # Strict JSON has no NaN or Infinity: a diverged loss is written as null.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(payload), indent=2) + "\n")
 
 
 def _number(value: float | None) -> str:

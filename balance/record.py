@@ -5,27 +5,26 @@ This module is their one owner: every key is named here, every write goes
 through a function here, and :func:`load_record` reads a study once into a
 :class:`StudyRecord` that the analysis and the report take as plain data.
 
-It also holds the one definition of the best cell (:func:`best_cell`), used by the
-test evaluation, the verdict, the heatmaps, the scatter and ``summary.json``.
+The stored forms of one run live in :mod:`balance.runs`; cell keys and the one
+definition of the best cell in :mod:`balance.cells`.
 """
 
 from __future__ import annotations
 
-import ast
-import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from balance.cells import CellResult, best_cell, cell_key, cell_results, parse_cell_key
 from balance.config import SEARCHED, StudyConfig
-from balance.jsonable import jsonable
 from balance.range_test import RangeTestResult
+from balance.runs import FinalEvaluation, RunDivergence, SeedRun, optional_float
 from balance.storage import trial_id
 
 # Study attributes.
@@ -55,129 +54,6 @@ STATES = ("complete", "pruned", "running", "waiting", "fail")
 def state_name(state: TrialState) -> str:
     """The vocabulary of :data:`STATES` for an Optuna trial state."""
     return state.name.lower()
-
-
-# --------------------------------------------------------------------------- cells
-
-
-def cell_key(params: dict[str, Any]) -> str:
-    """A stable text key of the searched values, e.g. ``weight_decay=0.0005|dropout=0.1``.
-
-    Only searched parameters belong in ``params``: the key of a queued cell and of
-    the trial that trains it must be equal. Axes come in :data:`~balance.config.SEARCHED`
-    order; the key is stored, so that order must never change.
-    """
-    return "|".join(f"{name}={params[name]!r}" for name in SEARCHED if name in params)
-
-
-def parse_cell_key(key: str) -> dict[str, Any]:
-    """The values of a :func:`cell_key` (``{}`` for an empty key)."""
-    values: dict[str, Any] = {}
-    for part in filter(None, key.split("|")):
-        name, _, text = part.partition("=")
-        values[name] = ast.literal_eval(text)
-    return values
-
-
-# --------------------------------------------------------------------------- seed runs
-
-
-class Curve(NamedTuple):
-    """Per-epoch validation and training figures of one seed run."""
-
-    epoch: list[int]
-    train_loss: list[float | None]
-    val_loss: list[float | None]
-    val_accuracy: list[float | None]
-
-
-class RunDivergence(NamedTuple):
-    """Where a seed run's loss became non-finite."""
-
-    step: int
-    lr: float
-
-
-@dataclass(frozen=True)
-class SeedRun:
-    """One seed's training run inside a trial: its last epoch's figures and its curve.
-
-    ``val_accuracy`` is ``None`` for a run stopped before its first epoch ended.
-    ``train_time`` is ``None`` for a run cut short by pruning.
-    """
-
-    seed: int
-    val_accuracy: float | None
-    val_loss: float | None
-    train_loss: float | None
-    steps: int
-    curve: Curve
-    diverged: RunDivergence | None = None
-    train_time: float | None = None
-
-    @property
-    def finished(self) -> bool:
-        """Whether the run measured its validation accuracy and did not diverge."""
-        return self.val_accuracy is not None and self.diverged is None
-
-    @classmethod
-    def from_history(cls, seed: int, history: Sequence[Any], result: Any | None) -> SeedRun:
-        """A run from its :class:`~balance.train.EpochMetrics` so far and, once it ended,
-        its :class:`~balance.train.TrainResult` (``None`` when pruning stopped it)."""
-        last = history[-1] if history else None
-        diverged = None
-        if result is not None and result.diverged is not None:
-            diverged = RunDivergence(result.diverged.step, result.diverged.lr)
-        return cls(
-            seed=seed,
-            val_accuracy=last.val_accuracy if last else None,
-            val_loss=last.val_loss if last else None,
-            train_loss=last.train_loss if last else None,
-            steps=result.steps if result is not None else (last.step if last else 0),
-            curve=Curve(
-                [m.epoch for m in history],
-                [m.train_loss for m in history],
-                [m.val_loss for m in history],
-                [m.val_accuracy for m in history],
-            ),
-            diverged=diverged,
-            train_time=result.train_time if result is not None else None,
-        )
-
-    def to_attrs(self) -> dict[str, Any]:
-        """The stored form (strict JSON)."""
-        attrs: dict[str, Any] = {
-            "seed": self.seed,
-            "val_accuracy": self.val_accuracy,
-            "val_loss": self.val_loss,
-            "train_loss": self.train_loss,
-            "steps": self.steps,
-            "curve": self.curve._asdict(),
-            "diverged": None if self.diverged is None else self.diverged._asdict(),
-        }
-        if self.train_time is not None:
-            attrs["train_time"] = self.train_time
-        return jsonable(attrs)
-
-    @classmethod
-    def from_attrs(cls, attrs: dict[str, Any]) -> SeedRun:
-        """Read the stored form back."""
-        curve = attrs.get("curve") or {}
-        diverged = attrs.get("diverged")
-        return cls(
-            seed=int(attrs.get("seed", 0)),
-            val_accuracy=_optional_float(attrs.get("val_accuracy")),
-            val_loss=_optional_float(attrs.get("val_loss")),
-            train_loss=_optional_float(attrs.get("train_loss")),
-            steps=int(attrs.get("steps", 0)),
-            curve=Curve(*(list(curve.get(name, [])) for name in Curve._fields)),
-            diverged=None if not diverged else RunDivergence(int(diverged["step"]), diverged["lr"]),
-            train_time=_optional_float(attrs.get("train_time")),
-        )
-
-
-def _optional_float(value: Any) -> float | None:
-    return None if value is None else float(value)
 
 
 # --------------------------------------------------------------------------- trials
@@ -249,7 +125,7 @@ class TrialRecord:
             params={name: params[name] for name in SEARCHED if name in params},
             cell=cell,
             value=trial.value,
-            max_lr=_optional_float(attrs.get(_MAX_LR)),
+            max_lr=optional_float(attrs.get(_MAX_LR)),
             runs=tuple(SeedRun.from_attrs(run) for run in attrs.get(_RUNS, [])),
             diverged=attrs.get(_DIVERGED) or None,
             fail_reason=str(attrs.get(_FAIL_REASON, "")),
@@ -384,120 +260,9 @@ def save_stage_one(study: optuna.Study, stage: StageOne) -> None:
     study.set_user_attr(_MAX_LRS, {str(size): lr for size, lr in stage.max_lrs.items()})
 
 
-# --------------------------------------------------------------------------- the test split
-
-
-@dataclass(frozen=True)
-class TestRun:
-    """One seed of the chosen setting or the baseline, measured on the test split."""
-
-    __test__ = False  # not a pytest class
-
-    seed: int
-    test_accuracy: float | None
-    steps: list[int]
-    test_curve: list[float | None]
-    diverged: bool
-
-
-@dataclass(frozen=True)
-class TestSide:
-    """The chosen setting's or the baseline's test runs, with their mean and std."""
-
-    __test__ = False
-
-    max_lr: float | None
-    test_accuracy: float | None
-    test_accuracy_std: float | None
-    runs: tuple[TestRun, ...]
-    config: dict[str, Any] | None = None  # the baseline's overrides of the base run
-
-    @classmethod
-    def of_runs(
-        cls, max_lr: float | None, runs: Sequence[TestRun], config: dict[str, Any] | None = None
-    ) -> TestSide:
-        """Summarize runs: the mean and population std of their test accuracies."""
-        values = [run.test_accuracy for run in runs if run.test_accuracy is not None]
-        mean = statistics.fmean(values) if values else None
-        std = statistics.pstdev(values) if values else None
-        return cls(max_lr, mean, std, tuple(runs), config)
-
-    def to_attrs(self) -> dict[str, Any]:
-        """The stored form (the baseline's ``config`` first, as it always was)."""
-        attrs: dict[str, Any] = {} if self.config is None else {"config": self.config}
-        attrs.update(
-            max_lr=self.max_lr,
-            test_accuracy=self.test_accuracy,
-            test_accuracy_std=self.test_accuracy_std,
-            runs=[run.__dict__ for run in self.runs],
-        )
-        return attrs
-
-    @classmethod
-    def from_attrs(cls, attrs: dict[str, Any]) -> TestSide:
-        """Read the stored form back."""
-        return cls(
-            max_lr=_optional_float(attrs.get("max_lr")),
-            test_accuracy=_optional_float(attrs.get("test_accuracy")),
-            test_accuracy_std=_optional_float(attrs.get("test_accuracy_std")),
-            runs=tuple(
-                TestRun(
-                    seed=int(run["seed"]),
-                    test_accuracy=_optional_float(run.get("test_accuracy")),
-                    steps=[int(step) for step in run.get("steps", [])],
-                    test_curve=list(run.get("test_curve", [])),
-                    diverged=bool(run.get("diverged", False)),
-                )
-                for run in attrs.get("runs", [])
-            ),
-            config=attrs.get("config"),
-        )
-
-
-@dataclass(frozen=True)
-class FinalEvaluation:
-    """The chosen cell and the baseline, retrained once per seed and measured on test.
-
-    ``trial`` is the first trial of the chosen cell; ``params`` its full setting.
-    """
-
-    trial: int
-    params: dict[str, Any]
-    chosen: TestSide
-    baseline: TestSide | None = None
-
-    @property
-    def cell(self) -> dict[str, Any]:
-        """The searched values of the chosen setting."""
-        return {name: self.params[name] for name in SEARCHED if name in self.params}
-
-    def to_attrs(self) -> dict[str, Any]:
-        """The stored form, also ``summary.json``'s ``test``."""
-        attrs: dict[str, Any] = {
-            "trial": self.trial,
-            "params": self.params,
-            "chosen": self.chosen.to_attrs(),
-        }
-        if self.baseline is not None:
-            attrs["baseline"] = self.baseline.to_attrs()
-        return jsonable(attrs)
-
-    @classmethod
-    def from_study(cls, study: optuna.Study) -> FinalEvaluation | None:
-        """Read the stored evaluation (``None`` before it ran)."""
-        return cls._from_attrs(study.user_attrs.get(_FINAL))
-
-    @classmethod
-    def _from_attrs(cls, attrs: dict[str, Any] | None) -> FinalEvaluation | None:
-        if not attrs:
-            return None
-        baseline = attrs.get("baseline")
-        return cls(
-            trial=int(attrs["trial"]),
-            params=dict(attrs["params"]),
-            chosen=TestSide.from_attrs(attrs["chosen"]),
-            baseline=TestSide.from_attrs(baseline) if baseline else None,
-        )
+def load_final(study: optuna.Study) -> FinalEvaluation | None:
+    """The stored test evaluation (``None`` before it ran)."""
+    return FinalEvaluation.from_attrs(study.user_attrs.get(_FINAL))
 
 
 def save_final(study: optuna.Study, final: FinalEvaluation) -> None:
@@ -517,61 +282,6 @@ def save_signature(study: optuna.Study, config: StudyConfig, signature: dict[str
     """Store the signature and the full configuration of a study being created."""
     study.set_user_attr(_SIGNATURE, signature)
     study.set_user_attr(_CONFIG, config.model_dump(mode="json"))
-
-
-# --------------------------------------------------------------------------- the best cell
-
-
-class CellResult(NamedTuple):
-    """One setting's validation accuracy over its counted runs (every trial of it pooled)."""
-
-    key: str
-    params: dict[str, Any]
-    mean: float
-    std: float  # population std over seeds (ddof 0)
-    seeds: int
-    trials: tuple[int, ...]  # the trials that measured it, by number
-
-
-def cell_results(trials: Iterable[TrialRecord], base: dict[str, Any]) -> list[CellResult]:
-    """Every cell with a counted run, with its mean and std of validation accuracy.
-
-    ``base`` gives unsearched axes their value (the base run's), so every cell has all
-    of :data:`~balance.config.SEARCHED`.
-    """
-    pooled: dict[str, tuple[dict[str, Any], list[float], list[int]]] = {}
-    for trial in trials:
-        runs = trial.counted_runs
-        if not runs or trial.surplus:
-            continue
-        params = {name: trial.params.get(name, base[name]) for name in SEARCHED}
-        key = trial.cell or cell_key(trial.params)
-        _, values, numbers = pooled.setdefault(key, (params, [], []))
-        values.extend(float(run.val_accuracy) for run in runs if run.val_accuracy is not None)
-        numbers.append(trial.number)
-    return [
-        CellResult(key, params, statistics.fmean(v), statistics.pstdev(v), len(v), tuple(n))
-        for key, (params, v, n) in pooled.items()
-    ]
-
-
-def rank(loss: float, seeds: int, params: dict[str, Any]) -> tuple[float, ...]:
-    """The sort key that ranks cells, best first: the one rule behind :func:`best_cell`.
-
-    ``loss`` is the cell's mean with the sign that makes lower better (minus the
-    mean validation accuracy). Ties (equal means) go to the cell measured with more
-    seeds, then to the first in numeric order of weight decay, dropout and batch
-    size: the least regularized setting.
-    """
-    return (loss, -seeds, *(float(params[name]) for name in SEARCHED))
-
-
-def best_cell(cells: Iterable[CellResult]) -> CellResult | None:
-    """The best cell: the highest mean validation accuracy over seeds, ties as :func:`rank`.
-
-    ``None`` when no cell has a counted run.
-    """
-    return min(cells, key=lambda cell: rank(-cell.mean, cell.seeds, cell.params), default=None)
 
 
 # --------------------------------------------------------------------------- the study
@@ -630,10 +340,5 @@ def load_record(study: optuna.Study, config: StudyConfig, *, storage: str) -> St
         storage=storage,
         trials=tuple(read_trials(study)),
         stage_one=StageOne._from_attrs(attrs),
-        final=FinalEvaluation._from_attrs(attrs.get(_FINAL)),
+        final=FinalEvaluation.from_attrs(attrs.get(_FINAL)),
     )
-
-
-def finite_or_nan(value: float | None) -> float:
-    """``value`` as a float, NaN for ``None`` (for frames)."""
-    return math.nan if value is None else float(value)

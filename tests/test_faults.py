@@ -25,9 +25,9 @@ from study_files import (
 )
 from typer.testing import CliRunner
 
+from balance.cells import cell_key
 from balance.cli import app
 from balance.config import StudyConfig, build
-from balance.record import cell_key
 
 STOP_BOUND_S = 30  # a stopped sweep must exit within this
 

@@ -26,9 +26,9 @@ from study_files import (
 )
 
 from balance.analysis import audit, trials_frame
+from balance.cells import cell_key
 from balance.config import StudyConfig, build
 from balance.pipeline import preflight, prepare
-from balance.record import cell_key
 from balance.study import run_worker
 
 pytestmark = pytest.mark.postgres

@@ -62,10 +62,9 @@ def test_a_write_inside_training_finishes_before_the_stop_is_taken() -> None:
     # The objective's per-epoch storage writes run deferred inside the allowed block.
     written = False
     with stop_deferred(), stop_allowed():
-        with pytest.raises(KeyboardInterrupt):
-            with stop_deferred():
-                request_stop()
-                written = True  # the write went on after the request
+        with pytest.raises(KeyboardInterrupt), stop_deferred():
+            request_stop()
+            written = True  # the write went on after the request
         assert written
 
 

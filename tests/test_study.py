@@ -16,9 +16,9 @@ from study_files import load_study as load
 from study_files import record_of, study_config, tiny_values
 
 from balance.analysis import audit, trials_frame
+from balance.cells import cell_key
 from balance.config import ConfigError, StudyConfig
 from balance.pipeline import preflight, sweep
-from balance.record import cell_key
 from balance.study import _learning_rate as learning_rate_module
 from balance.study import evaluate_on_test
 

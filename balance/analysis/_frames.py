@@ -13,8 +13,10 @@ from typing import Any
 
 import pandas as pd
 
+from balance.cells import cell_key
 from balance.config import SEARCHED, StudyConfig
-from balance.record import StudyRecord, TrialRecord, cell_key, finite_or_nan
+from balance.record import StudyRecord, TrialRecord
+from balance.runs import finite_or_nan
 
 FRAME_COLUMNS = [
     "number",

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from balance.analysis._frames import GRID_INDEX, METRIC_LABELS
-from balance.record import CellResult, rank
+from balance.cells import CellResult, rank
 
 
 class Effect(NamedTuple):
@@ -122,7 +122,7 @@ def balance_verdict(
 
     The best cell is ``chosen``, the study's one best cell
     (:attr:`balance.record.StudyRecord.best`); without it, the grid's cells are
-    ranked by the same rule (:func:`balance.record.rank`). The runner-up is the
+    ranked by the same rule (:func:`balance.cells.rank`). The runner-up is the
     next by that rule. They are compared by their difference against their seed
     standard deviations: a difference no larger than the larger std is within
     seed noise. ``effects`` default to :func:`regularizer_effects` of the grid

@@ -136,7 +136,7 @@ def _sweep(
             average = beta * average + (1 - beta) * value
             current = average / (1 - beta ** (step + 1))  # bias correction, as smooth()
             best = min(best, current)
-            if config.val_every and (step + 1) % config.val_every == 0:
+            if config.val_every > 0 and (step + 1) % config.val_every == 0:
                 val_loss, val_accuracy = evaluate(model, x_val, y_val)
                 record.val_steps.append(step)
                 record.val_losses.append(val_loss)

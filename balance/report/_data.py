@@ -17,7 +17,8 @@ from balance.analysis import GRID_INDEX
 from balance.config import StudyConfig, TrainConfig
 from balance.optim import WEIGHT_DECAY_COUPLING
 from balance.range_test import RangeTestResult
-from balance.record import FinalEvaluation, StageOne, StudyRecord
+from balance.record import StageOne, StudyRecord
+from balance.runs import FinalEvaluation
 from balance.schedule import ScheduleTrace, schedule_values
 
 TRIAL_TABLE_COLUMNS = [
@@ -308,7 +309,7 @@ def learning_curves(record: StudyRecord, top: int = 5) -> pd.DataFrame:
     ``val_loss``; the best trial comes first (ties by trial number).
     """
     complete = [t for t in record.trials if t.state == "complete" and t.value is not None]
-    best = sorted(complete, key=lambda t: -float(t.value or 0.0))[:top]
+    best = sorted(complete, key=lambda t: -float(t.value))[:top]  # type: ignore[arg-type]
     rows = []
     for trial in best:
         label = f"#{trial.number}: " + ", ".join(

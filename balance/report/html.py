@@ -18,9 +18,10 @@ from typing import Any
 
 from balance.analysis import runs_frame, trials_frame
 from balance.config import FloatRange
-from balance.record import FinalEvaluation, StudyRecord
+from balance.record import StudyRecord
 from balance.report import _data as data
 from balance.report import _sections as sections
+from balance.runs import FinalEvaluation
 
 
 def build_report(
@@ -200,7 +201,8 @@ def _facts(
         ),
         (
             "device",
-            f"{device}; threads per worker {train.threads or 'all cores / workers'}, "
+            f"{device}; threads per worker "
+            f"{'all cores / workers' if train.threads is None else train.threads}, "
             f"{config.workers} local worker{'s' if config.workers > 1 else ''}",
         ),
         ("wall time", _wall_time(summary.get("wall_time_s"), times)),

@@ -7,21 +7,22 @@ from typing import Any
 import optuna
 
 from balance import record
+from balance.cells import best_cell, cell_results
 from balance.config import ConfigError, StudyConfig, TrainConfig
 from balance.data import Dataset
 from balance.loop import resolve_device
-from balance.record import FinalEvaluation, StageOne, TestRun, TestSide, read_trials
+from balance.record import StageOne, load_final, read_trials
+from balance.runs import EvaluationRun, EvaluationSide, FinalEvaluation
 from balance.train import train
 
 
 def chosen_setting(study: optuna.Study, config: StudyConfig) -> tuple[int, dict[str, Any]]:
-    """The best cell (:func:`balance.record.best_cell`): its first trial and full setting.
+    """The best cell (:func:`balance.cells.best_cell`): its first trial and full setting.
 
     Raises:
         ConfigError: no trial has completed.
     """
-    cells = record.cell_results(read_trials(study), config.train.model_dump())
-    best = record.best_cell(cells)
+    best = best_cell(cell_results(read_trials(study), config.train.model_dump()))
     if best is None:
         raise ConfigError(f"study: {config.name!r} has no completed trial yet")
     return best.trials[0], dict(best.params)
@@ -41,7 +42,7 @@ def evaluate_on_test(
     The runs are independent: ``workers`` local processes (joblib) share them out.
     """
     number, params = chosen_setting(study, config)
-    stored = FinalEvaluation.from_study(study)
+    stored = load_final(study)
     if stored is not None and stored.params == params:
         return stored
     max_lrs = StageOne.from_study(study).max_lrs
@@ -68,7 +69,7 @@ def evaluate_on_test(
         delayed(_test_run)(run_config, data) for _, run_config in jobs
     )
     sides = {
-        name: TestSide.of_runs(
+        name: EvaluationSide.of_runs(
             base.max_lr,
             [run for (owner, _), run in zip(jobs, runs, strict=True) if owner == name],
             config.baseline if name == "baseline" else None,
@@ -80,9 +81,9 @@ def evaluate_on_test(
     return final
 
 
-def _test_run(config: TrainConfig, data: Dataset) -> TestRun:
+def _test_run(config: TrainConfig, data: Dataset) -> EvaluationRun:
     result = train(config, data=data, track_test=True)
-    return TestRun(
+    return EvaluationRun(
         seed=config.seed,
         test_accuracy=result.test_accuracy,
         steps=[m.step for m in result.epochs],

@@ -12,11 +12,12 @@ import optuna
 from torch import nn
 
 from balance import record
+from balance.cells import cell_key
 from balance.config import SEARCHED, FloatRange, SearchSpace, StudyConfig, TrainConfig
 from balance.data import Dataset
 from balance.loop import EpochMetrics
 from balance.optim import build_optimizer
-from balance.record import RunDivergence, SeedRun
+from balance.runs import RunDivergence, SeedRun
 from balance.study._stopping import stop_allowed, stop_deferred
 from balance.train import train
 
@@ -106,7 +107,7 @@ class Objective:
         params = suggest(trial, self.config.search, self.base)
         max_lr = self.max_lrs[params["batch_size"]]
         searched = self.config.search.axes()
-        record.set_cell(trial, record.cell_key({name: params[name] for name in searched}), max_lr)
+        record.set_cell(trial, cell_key({name: params[name] for name in searched}), max_lr)
         epochs = self.base.epochs
         runs: list[SeedRun] = []
         for index in range(self.config.seeds):

@@ -13,6 +13,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from balance import record
+from balance.cells import cell_key
 from balance.config import StudyConfig
 from balance.record import TrialRecord, read_trials
 from balance.storage import has_heartbeat
@@ -74,7 +75,7 @@ def enqueue_missing_cells(study: optuna.Study, config: StudyConfig) -> int:
     covered = {trial.cell for trial in read_trials(study) if _covers_cell(trial) and trial.cell}
     queued = 0
     for cell in config.search.grid_cells():
-        if record.cell_key(cell) not in covered:
+        if cell_key(cell) not in covered:
             record.enqueue_cell(study, cell)
             queued += 1
     return queued
