@@ -240,10 +240,11 @@ class StageOne:
     @classmethod
     def from_study(cls, study: optuna.Study) -> StageOne:
         """Read stage 1 from a study's attributes (empty before it ran)."""
-        return cls._from_attrs(study.user_attrs)
+        return cls.from_attrs(study.user_attrs)
 
     @classmethod
-    def _from_attrs(cls, attrs: dict[str, Any]) -> StageOne:
+    def from_attrs(cls, attrs: dict[str, Any]) -> StageOne:
+        """Read stage 1 from a study's user attributes."""
         tests = attrs.get(_RANGE_TESTS, {})
         return cls(
             max_lrs={int(size): float(lr) for size, lr in attrs.get(_MAX_LRS, {}).items()},
@@ -339,6 +340,6 @@ def load_record(study: optuna.Study, config: StudyConfig, *, storage: str) -> St
         config=config,
         storage=storage,
         trials=tuple(read_trials(study)),
-        stage_one=StageOne._from_attrs(attrs),
+        stage_one=StageOne.from_attrs(attrs),
         final=FinalEvaluation.from_attrs(attrs.get(_FINAL)),
     )
