@@ -110,3 +110,52 @@ def cells_by_state(study: optuna.Study, state: TrialState) -> list[str]:
         for t in study.get_trials(deepcopy=False, states=(state,))
         if not t.user_attrs.get("surplus")
     )
+
+
+def stored_cells(
+    cells: dict[tuple[int, float, float], tuple[float, float, int]], name: str = "stored"
+) -> tuple[optuna.Study, StudyRecord]:
+    """A real in-memory study whose cells ``(batch_size, weight_decay, dropout)`` reached
+    ``(mean, std, seeds)`` of validation accuracy, one completed trial per cell.
+
+    The trials hold seed runs in balance's stored form (``SeedRun.to_attrs``), spread so
+    that their mean and population std are the ones asked for; analysis then reads them
+    through the real record, frames and grids, as it reads a trained study.
+    """
+    from optuna.distributions import CategoricalDistribution
+
+    from balance.cells import cell_key
+    from balance.runs import Curve, SeedRun
+
+    axes = {
+        name: sorted({key[index] for key in cells})
+        for index, name in enumerate(("batch_size", "weight_decay", "dropout"))
+    }
+    config = study_config(
+        {
+            "name": name,
+            "sampler": "grid",
+            "seeds": max(seeds for _, _, seeds in cells.values()),
+            "train": {"data": "digits", "model": "mlp", "max_lr": 0.1},
+            "search": axes,
+        }
+    )
+    distributions = {name: CategoricalDistribution(values) for name, values in axes.items()}
+    study = optuna.create_study(direction="maximize")
+    for (batch_size, weight_decay, dropout), (mean, std, seeds) in cells.items():
+        spread = {1: [0.0], 2: [-1.0, 1.0], 3: [-(1.5**0.5), 0.0, 1.5**0.5]}[seeds]
+        accuracies = [mean + std * offset for offset in spread]
+        params = {"weight_decay": weight_decay, "dropout": dropout, "batch_size": batch_size}
+        runs = [
+            SeedRun(seed, acc, 0.4, 0.5, 10, Curve([1], [0.5], [0.4], [acc])).to_attrs()
+            for seed, acc in enumerate(accuracies)
+        ]
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions=distributions,
+                value=sum(accuracies) / len(accuracies),
+                user_attrs={"cell": cell_key(params), "max_lr": 0.1, "runs": runs},
+            )
+        )
+    return study, record_of(study, config)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -87,7 +88,7 @@ def test_train_without_max_lr_takes_it_from_the_range_test(tmp_path: Path) -> No
         "--num-steps",
         "20",
         "--rule",
-        "minimum",
+        "steepest",
         "--out",
         str(tmp_path),
     )
@@ -96,8 +97,10 @@ def test_train_without_max_lr_takes_it_from_the_range_test(tmp_path: Path) -> No
     assert "max_lr: not given" in result.stdout
     found = json.loads((tmp_path / "range_test.json").read_text())
     saved = json.loads((tmp_path / "train.json").read_text())
-    assert saved["config"]["max_lr"] == found["max_lr"] == found["suggestions"]["minimum"]
-    assert saved["max_lr_source"] == "range test, rule minimum"
+    # not the default rule, so a --rule that was ignored would fail
+    assert found["suggestions"]["steepest"] != found["suggestions"]["minimum"]
+    assert saved["config"]["max_lr"] == found["max_lr"] == found["suggestions"]["steepest"]
+    assert saved["max_lr_source"] == "range test, rule steepest"
 
 
 @pytest.mark.parametrize(
@@ -164,22 +167,32 @@ def test_divergence_is_one_line_naming_the_step_and_exit_1(tmp_path: Path) -> No
     assert saved["diverged"]["loss"] is None  # NaN written as strict-JSON null
 
 
-def test_every_config_field_has_a_flag_of_the_same_name() -> None:
-    train_help = invoke("train", "--help").stdout
-    find_help = invoke("lr-find", "--help").stdout
+def help_flags(command: str) -> set[str]:
+    """Every flag ``balance COMMAND --help`` lists: the options that begin a help row."""
+    text = CliRunner().invoke(app, [command, "--help"], terminal_width=200).stdout
+    rows = [line for line in text.splitlines() if re.match(r"^  (-\w, )?--", line)]
+    return {flag for row in rows for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", row)}
 
-    for name in [*TrainConfig.model_fields, *RangeTestConfig.model_fields]:
-        assert f"--{name.replace('_', '-')}" in train_help
-    for name in [
-        "data",
-        "model",
-        "dropout",
-        "weight_decay",
-        "batch_size",
-        *RangeTestConfig.model_fields,
-    ]:
-        assert f"--{name.replace('_', '-')}" in find_help
-    assert "--max-lr" not in find_help and "--epochs" not in find_help
+
+def flags_of(*models: type, skip: tuple[str, ...] = ()) -> set[str]:
+    """``--name`` per field (``--no-name`` too for a switch), as the config models name them."""
+    flags = set()
+    for model in models:
+        for name, field in model.model_fields.items():
+            if name in skip:
+                continue
+            flag = "--" + name.replace("_", "-")
+            flags |= {flag, f"--no-{flag[2:]}"} if field.annotation is bool else {flag}
+    return flags
+
+
+def test_every_config_field_has_a_flag_of_the_same_name() -> None:
+    # Exact sets, so --data cannot pass for --data-path, nor --mode for --model.
+    schedule = ("policy", "max_lr", "epochs", "final_div_factor", "pct_start")
+    schedule += ("base_momentum", "max_momentum")
+    own = {"--out", "--help"}
+    assert help_flags("train") == flags_of(TrainConfig, RangeTestConfig) | own | {"--quiet"}
+    assert help_flags("lr-find") == flags_of(TrainConfig, RangeTestConfig, skip=schedule) | own
 
 
 def test_console_script_runs_in_a_real_process() -> None:
@@ -248,19 +261,49 @@ def test_validate_prints_every_problem_on_its_own_line_and_exits_2(tmp_path: Pat
     assert any(line.startswith("error: search.dropout") for line in lines)
 
 
-def test_sweep_then_report_then_resume_through_the_cli(tmp_path: Path) -> None:
+def train_two_cells(study_file: Path, root: Path) -> dict[int, float]:
+    """Leave the study of ``study_file`` half done: stage 1, the queue, 2 of its 4 cells."""
+    from balance.config import load_study_file
+    from balance.pipeline import preflight, prepare
+    from balance.record import StageOne
+    from balance.storage import storage_url
+    from balance.study import Objective, run_one_trial
+
+    config = load_study_file(study_file)
+    data = preflight(config)
+    study = prepare(config, storage_url(config, None, root), data)
+    objective = Objective(config, data, StageOne.from_study(study).max_lrs, threads=1)
+    for _ in range(2):
+        run_one_trial(study, objective)
+    return {t.number: t.value for t in study.get_trials() if t.value is not None}
+
+
+def test_sweep_resumes_a_partial_study_then_reports_then_resumes_a_finished_one(
+    tmp_path: Path,
+) -> None:
+    import optuna
+
+    from balance.storage import open_storage
+
     study = write_study(tmp_path)
     root = tmp_path / "reports"
+    journal = root / "cli-tiny" / "study.journal"
+    kept = train_two_cells(study, root)
+    assert len(kept) == 2
 
     first = invoke("sweep", str(study), "--root", str(root), "--workers", "1", "--quiet")
 
     assert first.exit_code == 0, first.output
     assert "trials: {'complete': 4}" in first.stdout
     assert "best (trial" in first.stdout and "max_lr: batch 64:" in first.stdout
+    trials = optuna.load_study(study_name="cli-tiny", storage=open_storage(str(journal)))
+    values = {t.number: t.value for t in trials.get_trials()}
+    assert sorted(values) == [0, 1, 2, 3], "the resumed sweep trained only the 2 cells left"
+    assert kept.items() <= values.items(), "the cells done before were kept, not retrained"
     page = root / "cli-tiny" / "index.html"
     assert str(study) in page.read_text()  # the header names the study file
     summary = json.loads((root / "cli-tiny" / "summary.json").read_text())
-    assert summary["trials"] == {"complete": 4}
+    assert summary["trials"] == {"complete": 4} and summary["audit"]["duplicated"] == []
 
     page.unlink()
     rebuilt = invoke("report", str(study), "--root", str(root))

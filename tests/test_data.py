@@ -490,8 +490,13 @@ def test_epoch_batches_yield_every_example_exactly_once_with_its_label() -> None
 
 
 def test_epoch_batches_with_augment_keep_the_image_shape_and_pairing(digits: Dataset) -> None:
-    x, y = digits.x_train[:50], digits.y_train[:50]
+    # Image i is filled with the value i + 1, which cropping and flipping keep (padding adds
+    # zeros only), so every augmented image still names the example it came from.
+    y = digits.y_train[:50]
+    x = (torch.arange(50, dtype=torch.float32) + 1).view(50, 1, 1, 1).expand(50, 1, 8, 8)
     batches = list(epoch_batches(x, y, 16, torch.Generator().manual_seed(0), augment=True))
     assert sum(len(xb) for xb, _ in batches) == 50
     assert all(xb.shape[1:] == x.shape[1:] for xb, _ in batches)
-    assert sorted(torch.cat([yb for _, yb in batches]).tolist()) == sorted(y.tolist())
+    origin = torch.cat([xb.amax(dim=(1, 2, 3)) for xb, _ in batches]).long() - 1
+    assert sorted(origin.tolist()) == list(range(50))  # every example once
+    assert torch.equal(torch.cat([yb for _, yb in batches]), y[origin])  # with its own label

@@ -421,10 +421,14 @@ def test_result_round_trips_through_strict_json(digits):
     assert back.lrs == result.lrs and back.suggestions == result.suggestions
 
 
-def test_find_max_lr_chooses_the_configured_rule(digits):
-    result = find_max_lr(DIGITS, RangeTestConfig(num_steps=60, rule="minimum"), data=digits)
-    assert result.rule == "minimum"
-    assert result.max_lr == result.suggestions["minimum"]
+@pytest.mark.parametrize("rule", ["steepest", "valley"])
+def test_find_max_lr_chooses_the_configured_rule(digits, rule):
+    # Not the default rule ("minimum"), and one whose answer differs from it here: a
+    # `rule` setting that was ignored would fail.
+    result = find_max_lr(DIGITS, RangeTestConfig(num_steps=60, rule=rule), data=digits)
+    assert result.suggestions[rule] != result.suggestions["minimum"]
+    assert result.rule == rule
+    assert result.max_lr == result.suggestions[rule]
     assert result.min_lr == pytest.approx(result.max_lr / DIGITS.div_factor)
     assert result.batch_size == DIGITS.batch_size
     assert set(result.suggestions) == set(SUGGESTION_RULES)

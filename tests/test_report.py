@@ -16,10 +16,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from optuna.trial import TrialState
 from study_files import load_study as load
-from study_files import record_of
+from study_files import record_of, stored_cells
 from study_files import study_config as merged_config
 
 from balance.analysis import (
+    METRIC_LABELS,
+    METRICS,
     balance_grid,
     balance_verdict,
     grid_axes,
@@ -424,27 +426,26 @@ def test_bayesian_study_on_ranges_gives_a_non_empty_balance_figure(tmp_path: Pat
     assert ax.get_xscale() == "log"
     assert sorted(points[:, 0]) == sorted(trials["weight_decay"])
     page = Page(build_report(config, root=tmp_path).read_text())
-    assert len(page.images()) >= 3
+    # Every figure a Bayesian study gets, by its alternative text; no range test ran
+    # (max_lr is given) and there is no heatmap of a grid.
+    alts = [attrs.get("alt") for tag, attrs in page.tags if tag == "img"]
+    scatter = "scatter of trials over weight decay and dropout coloured by "
+    assert alts == [
+        "learning rate and momentum of every step, per batch size",
+        *(scatter + METRIC_LABELS[metric] for metric in METRICS),
+        "best validation accuracy and max LR per batch size",
+        "test accuracy against iterations, chosen 1cycle run and baseline",
+        "parameter importances for validation accuracy",
+        "learning curves of the best trials",
+    ]
+    assert all(src.startswith("data:image/png;base64,") for src in page.images())
     assert "Bayesian study" in page.words()
 
 
-def stub_grid(cells: dict[tuple[int, float, float], tuple[float, float, int]]) -> Any:
-    import pandas as pd
-
-    index = pd.MultiIndex.from_tuples(
-        sorted(cells), names=["batch_size", "weight_decay", "dropout"]
-    )
-    return pd.DataFrame(
-        {
-            "mean": [cells[k][0] for k in index],
-            "std": [cells[k][1] for k in index],
-            "seeds": [cells[k][2] for k in index],
-            "trials": 1,
-            "diverged": 0,
-            "status": "done",
-        },
-        index=index,
-    )
+def stored_grid(cells: dict[tuple[int, float, float], tuple[float, float, int]]) -> Any:
+    """The real val_accuracy grid of a stored study whose cells reached these figures."""
+    _, record = stored_cells(cells)
+    return balance_grid(runs_frame(record), "val_accuracy", trials=trials_frame(record))
 
 
 @pytest.mark.parametrize(
@@ -458,7 +459,7 @@ def stub_grid(cells: dict[tuple[int, float, float], tuple[float, float, int]]) -
 def test_verdict_tells_seed_noise_from_a_real_difference(
     runner_up: float, within: bool, phrase: str
 ) -> None:
-    grid = stub_grid(
+    grid = stored_grid(
         {
             (32, 0.0, 0.0): (0.90, 0.02, 3),
             (32, 1e-4, 0.0): (runner_up, 0.01, 3),
@@ -479,14 +480,14 @@ def test_verdict_tells_seed_noise_from_a_real_difference(
 
 
 def test_verdict_with_one_seed_says_noise_is_unknown() -> None:
-    grid = stub_grid({(32, 0.0, 0.0): (0.90, 0.0, 1), (32, 1e-4, 0.0): (0.85, 0.0, 1)})
+    grid = stored_grid({(32, 0.0, 0.0): (0.90, 0.0, 1), (32, 1e-4, 0.0): (0.85, 0.0, 1)})
     verdict = balance_verdict(grid)
     assert verdict.within_noise is None
     assert "seed noise is unknown" in " ".join(verdict.sentences)
 
 
 def test_verdict_warns_when_the_best_cell_lies_on_the_grid_edge() -> None:
-    at_edge = stub_grid(
+    at_edge = stored_grid(
         {
             (32, 0.0, 0.0): (0.80, 0.01, 2),
             (32, 1e-4, 0.1): (0.85, 0.01, 2),
@@ -494,7 +495,7 @@ def test_verdict_warns_when_the_best_cell_lies_on_the_grid_edge() -> None:
             (32, 1e-4, 0.2): (0.70, 0.01, 2),
         }
     )
-    inside = stub_grid(
+    inside = stored_grid(
         {
             (32, 0.0, 0.0): (0.80, 0.01, 2),
             (32, 1e-4, 0.1): (0.95, 0.01, 2),

@@ -138,8 +138,11 @@ def test_augment_on_non_image_data_is_a_config_error(digits: Dataset) -> None:
         train(_config(augment=True), data=flat)
 
 
-def test_augmented_training_on_images_runs(digits: Dataset) -> None:
+def test_augmented_training_on_images_trains_on_other_inputs(digits: Dataset) -> None:
+    # Same seed, same batches: only augmentation can make the training losses differ.
+    plain = train(_config(model="convnet", epochs=1), data=digits)
     result = train(_config(model="convnet", augment=True, epochs=1), data=digits)
+    assert result.epochs[0].train_loss != plain.epochs[0].train_loss
     assert result.diverged is None and len(result.epochs) == 1
 
 
