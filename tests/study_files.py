@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,11 @@ def stored_cells(
             )
         )
     return study, record_of(study, config)
+
+
+def wait_until(condition, what: str, timeout: float = 180.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``condition`` (observable state, not a clock) until true; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)

@@ -22,6 +22,7 @@ from study_files import (
     load,
     subprocess_env,
     tiny_values,
+    wait_until,
     write_study,
 )
 from typer.testing import CliRunner
@@ -29,6 +30,7 @@ from typer.testing import CliRunner
 from balance.cells import cell_key
 from balance.cli import app
 from balance.config import StudyConfig, build
+from balance.pipeline import preflight, prepare
 
 # A guard against a hung sweep, well above the workers' 30 s grace (STOP_GRACE_S): whether
 # the stop was clean is judged by what it left, since a worker killed at the end of the
@@ -44,14 +46,6 @@ def completed(name: str, url: str) -> list[optuna.trial.FrozenTrial]:
         return load(name, url).get_trials(states=(TrialState.COMPLETE,))
     except KeyError:
         return []
-
-
-def wait_until(condition, what: str, timeout: float = 180.0) -> None:  # type: ignore[no-untyped-def]
-    """Poll ``condition`` (observable state, not a clock) until true; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def children(pid: int) -> list[int]:
@@ -273,3 +267,44 @@ def test_unreachable_storage_is_one_line_and_exit_2_within_the_timeout(
         assert all(2 <= held < 10 for held in silent_server.held_s), silent_server.held_s
     else:
         assert "refused" in line
+
+
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_a_worker_on_the_journal_stops_cleanly_and_its_cell_is_trained_on_resume(
+    how: str, tmp_path: Path
+) -> None:
+    values = tiny_values("joined", train={"model": "tests.plugins.hold_model:model"})
+    study_file = write_study(tmp_path / "joined.toml", values)
+    url = str(tmp_path / "joined" / "study.journal")
+    config = build(StudyConfig, values)
+    prepare(config, url, preflight(config))  # what `balance sweep` does before its workers
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "hold").touch()
+    worker = subprocess.Popen(
+        [*BALANCE, "worker", str(study_file), "--storage", url, "--threads", "1"],
+        env=subprocess_env(BALANCE_TEST_HOLD_DIR=str(hold)),
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    wait_until(lambda: bool(list(hold.glob("held-*"))), "the worker held mid-trial")
+    if how == "sigterm":
+        worker.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(worker.pid, signal.SIGINT)
+    _, stderr = worker.communicate(timeout=STOP_BOUND_S)
+    (hold / "hold").unlink()
+
+    assert worker.returncode == 130, stderr
+    assert stderr.splitlines()[0].startswith("interrupted: completed trials of 'joined'")
+    assert "Traceback" not in stderr
+    study = load("joined", url)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    (stopped,) = study.get_trials(states=(TrialState.FAIL,))
+    assert stopped.number in {t.user_attrs.get("requeued_from") for t in study.get_trials()}
+
+    resumed = CliRunner().invoke(app, ["worker", str(study_file), "--storage", url])
+    assert resumed.exit_code == 0, resumed.output
+    expected = sorted(cell_key(cell) for cell in config.search.grid_cells())
+    assert cells_by_state(load("joined", url), TrialState.COMPLETE) == expected

@@ -22,6 +22,7 @@ from study_files import (
     record_of,
     subprocess_env,
     tiny_values,
+    wait_until,
     write_study,
 )
 
@@ -159,3 +160,49 @@ def test_four_workers_two_hundred_trials_each_lose_and_repeat_nothing(
     assert result["completed"] == 800
     assert result["lost"] == 0 and result["repeated"] == 0
     assert result["trials_per_second"] > 0 and 0 < result["storage_share"] <= 1
+
+
+def test_a_sweep_on_postgresql_stops_resumes_and_reports(postgres_url: str, tmp_path: Path) -> None:
+    import signal
+
+    from typer.testing import CliRunner
+
+    from balance.cli import app
+
+    values = tiny_values("pg-resume", train={"model": "tests.plugins.hold_model:model"})
+    study_file = write_study(tmp_path / "pg-resume.toml", values)
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    command = [*BALANCE, "sweep", str(study_file), "--storage", postgres_url]
+    command += ["--root", str(tmp_path), "--workers", "1", "-q"]
+    sweep = subprocess.Popen(
+        command,
+        env=subprocess_env(BALANCE_TEST_HOLD_DIR=str(hold)),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    (hold / "hold").touch()  # stage 1 needs no training step: the first trial is held
+    wait_until(lambda: bool(list(hold.glob("held-*"))), "the sweep held in its first trial")
+    sweep.send_signal(signal.SIGTERM)
+    _, stderr = sweep.communicate(timeout=WORKER_TIMEOUT_S)
+    (hold / "hold").unlink()
+    assert sweep.returncode == 130, stderr
+    study = load("pg-resume", postgres_url)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    (stopped,) = study.get_trials(states=(TrialState.FAIL,))
+    assert stopped.number in {t.user_attrs.get("requeued_from") for t in study.get_trials()}
+
+    resumed = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    config = build(StudyConfig, values)
+    expected = sorted(cell_key(cell) for cell in config.search.grid_cells())
+    assert cells_by_state(load("pg-resume", postgres_url), TrialState.COMPLETE) == expected
+
+    page = tmp_path / "pg-resume" / "index.html"
+    page.unlink()
+    report = CliRunner().invoke(
+        app, ["report", str(study_file), "--storage", postgres_url, "--root", str(tmp_path)]
+    )
+    assert report.exit_code == 0, report.output
+    text = page.read_text()
+    assert "4 complete" in text and "postgresql://" in text
