@@ -385,7 +385,12 @@ class StudyConfig(_Strict):
         elif self.n_trials is None:
             raise ValueError(f"n_trials is required for sampler {self.sampler!r}")
         if self.baseline is not None:
-            TrainConfig.model_validate({**self.train.model_dump(), **self.baseline})
+            baseline = TrainConfig.model_validate({**self.train.model_dump(), **self.baseline})
+            if baseline.max_lr is None and baseline.batch_size not in self.batch_sizes:
+                raise ValueError(
+                    f"baseline needs a max_lr: stage 1 fixes one only at batch sizes "
+                    f"{self.batch_sizes}, not at the baseline's {baseline.batch_size}"
+                )
         return self
 
     @property

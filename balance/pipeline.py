@@ -154,10 +154,12 @@ def sweep(
         >>> result = sweep(load_study_file("studies/mnist1d-cnn.toml"))  # doctest: +SKIP
     """
     started = time.perf_counter()
+    n_workers = config.workers if workers is None else workers
+    if n_workers < 1:
+        raise ConfigError(f"workers: must be >= 1, got {n_workers}")
     data = preflight(config)
     url = storage_url(config, storage, root)
     prepare(config, url, data)
-    n_workers = config.workers if workers is None else workers
     run_workers(config, url, n_workers, on_progress)
     study, _ = open_existing(config.name, url)
     threads = worker_plan(config, n_workers)[0][0]

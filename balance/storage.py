@@ -36,9 +36,8 @@ def default_storage_url(study_name: str, root: Path = Path("reports")) -> str:
 
 def storage_url(config: StudyConfig, storage: str | None, root: Path) -> str:
     """The storage a study uses: the argument, the study file's, or the default journal file."""
-    if storage is not None:
-        return storage
-    return config.storage if config.storage is not None else default_storage_url(config.name, root)
+    # An empty string (`--storage ""`) means "not given", as leaving the flag out does.
+    return storage or config.storage or default_storage_url(config.name, root)
 
 
 def is_file_storage(url: str) -> bool:

@@ -13,18 +13,56 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-RESULTS = Path(__file__).parent / "results"
+from balance.jsonable import jsonable
+
+BENCHMARKS = Path(__file__).resolve().parent
+RESULTS = BENCHMARKS / "results"
 T = TypeVar("T")
+# What a benchmark measures besides its own script: a change here makes its figures stale.
+MEASURED = ("balance", "pyproject.toml")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=BENCHMARKS.parent, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout.strip()
+
+
+def code_version(name: str) -> dict[str, Any]:
+    """The commit a benchmark runs on, and whether the code it measures had local changes."""
+    paths = [*MEASURED, f"benchmarks/{name}.py", "benchmarks/_common.py"]
+    changes = _git("status", "--porcelain", "--", *paths)
+    return {"commit": _git("rev-parse", "HEAD"), "dirty": bool(changes)}
+
+
+def freshness(name: str, code: dict[str, Any] | None) -> str:
+    """``current``, or why a result no longer speaks for the code: run on an older commit
+    than the last change to what it measures, with local changes, or on an unknown one."""
+    commit = (code or {}).get("commit")
+    if not commit:
+        return "**unknown commit**"
+    paths = [*MEASURED, f"benchmarks/{name}.py", "benchmarks/_common.py"]
+    last = _git("log", "-1", "--format=%H", "--", *paths)
+    short = commit[:8]
+    if last is None:
+        return short
+    if _git("merge-base", "--is-ancestor", last, commit) is None:
+        return f"**stale** ({short}; code changed in {last[:8]})"
+    return f"{short} (dirty)" if code and code.get("dirty") else short
 
 
 def cpu_model() -> str:
@@ -102,16 +140,6 @@ def headline(measure: str, value: str, target: str = "", met: bool | None = None
     return {"measure": measure, "value": value, "target": target, "met": met}
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value
-
-
 def write_result(
     name: str,
     payload: dict[str, Any],
@@ -130,11 +158,12 @@ def write_result(
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 1),
         "machine": machine_info,
+        "code": code_version(name),
         "headline": headlines,
         **payload,
     }
     path = out_dir / f"{name}.json"
-    path.write_text(json.dumps(_finite(document), indent=1, allow_nan=False) + "\n")
+    path.write_text(json.dumps(jsonable(document), indent=1, allow_nan=False) + "\n")
     write_readme(out_dir)
     return path
 
@@ -181,15 +210,15 @@ def results_table(out_dir: Path) -> str:
         if not isinstance(document, dict):
             continue
         name = str(document.get("benchmark", path.stem))
+        code = freshness(name, document.get("code"))
         if document.get("quick"):
             name += " (quick)"
         if isinstance(document.get("headline"), list):
             for row in document["headline"]:
-                rows.append(
-                    [name, row["measure"], row["value"], row.get("target", ""), _met(row["met"])]
-                )
+                met = _met(row["met"])
+                rows.append([name, row["measure"], row["value"], row.get("target", ""), met, code])
         else:
-            rows += _foreign_rows(name, document)
+            rows += [[*row, code] for row in _foreign_rows(name, document)]
         info = document.get("machine")
         if isinstance(info, dict):
             load = info.get("load_average_at_start") or info.get("load_average")
@@ -206,7 +235,7 @@ def results_table(out_dir: Path) -> str:
                 ]
             )
     parts = [
-        markdown_table(["benchmark", "measure", "result", "target", "met"], rows),
+        markdown_table(["benchmark", "measure", "result", "target", "met", "code"], rows),
         "",
         markdown_table(
             [
@@ -232,9 +261,10 @@ def write_readme(out_dir: Path) -> Path:
         "# Benchmark results\n\n"
         "Written by `nox -s bench` (each script rewrites this file from every JSON here).\n"
         "Every ratio is the median of interleaved repeats measured side by side in one run;\n"
-        "each JSON holds the repeats, the settings and how each figure was counted.\n\n"
-        + results_table(out_dir)
-        + "\n"
+        "each JSON holds the repeats, the settings and how each figure was counted.\n"
+        "`code` is the commit a row ran on; **stale** marks a row run before the last change\n"
+        "to the code it measures (`balance/`, `pyproject.toml`, its script), so it no longer\n"
+        "speaks for this version.\n\n" + results_table(out_dir) + "\n"
     )
     return path
 

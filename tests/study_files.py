@@ -78,10 +78,12 @@ def toml_text(values: dict[str, Any]) -> str:
             return "[" + ", ".join(value(v) for v in item) + "]"
         return json.dumps(item)  # strings, numbers and booleans read the same in TOML
 
-    lines = [f"{k} = {value(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    # TOML has no null: a None is left out, which means the same (the field's default).
+    lines = [f"{k} = {value(v)}" for k, v in values.items() if not isinstance(v, dict | None)]
     for key, table in values.items():
         if isinstance(table, dict):
-            lines += ["", f"[{key}]", *(f"{k} = {value(v)}" for k, v in table.items())]
+            rows = (f"{k} = {value(v)}" for k, v in table.items() if v is not None)
+            lines += ["", f"[{key}]", *rows]
     return "\n".join(lines) + "\n"
 
 

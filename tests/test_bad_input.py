@@ -135,6 +135,12 @@ CASES = [
         "error: config: n_trials is required for sampler 'tpe'",
     ),
     BadInput(
+        "baseline at a batch size stage 1 gives no max LR",
+        study(baseline={"batch_size": 32, "policy": "constant"}, train={"max_lr": None}),
+        "error: config: baseline needs a max_lr: stage 1 fixes one only at batch sizes [64], "
+        "not at the baseline's 32",
+    ),
+    BadInput(
         "local data set without data_path",
         study(train={"data": "fashion-mnist"}),
         "error: train: data_path is required for data set 'fashion-mnist'",

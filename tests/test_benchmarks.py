@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
 MACHINE_KEYS = {"cores", "torch_threads", "torch", "cpu", "load_average_at_start"}
 SCRIPTS = {
     # script -> keys its JSON must hold besides the common ones
@@ -29,6 +30,15 @@ def test_every_benchmark_script_is_checked_here() -> None:
     assert scripts - {"postgres_load"} == set(SCRIPTS)
 
 
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+FIRST_COMMIT = git("rev-list", "--max-parents=0", "HEAD").splitlines()[0]
+
+
 def test_results_table_lists_every_json_in_the_folder(tmp_path: Path) -> None:
     sys.path.insert(0, str(BENCHMARKS))
     try:
@@ -46,10 +56,15 @@ def test_results_table_lists_every_json_in_the_folder(tmp_path: Path) -> None:
         headlines=[row],
     )
     (tmp_path / "theirs.json").write_text(json.dumps({"rows_per_second": 12.5}))
+    old = {"benchmark": "older", "headline": [row], "code": {"commit": FIRST_COMMIT}}
+    (tmp_path / "older.json").write_text(json.dumps(old))
     _common.write_readme(tmp_path)
     table = (tmp_path / "README.md").read_text()
-    assert "| ours (quick) | ratio | 1.00 | >= 0.97 | yes |" in table
-    assert "rows_per_second=12.5" in table
+    ours = json.loads((tmp_path / "ours.json").read_text())
+    assert ours["code"]["commit"] == git("rev-parse", "HEAD")
+    assert f"| ours (quick) | ratio | 1.00 | >= 0.97 | yes | {ours['code']['commit'][:8]}" in table
+    assert "| older | ratio | 1.00 | >= 0.97 | yes | **stale** (" in table  # the code moved on
+    assert "rows_per_second=12.5" in table and "**unknown commit**" in table
     assert "1.0 / 0.5 / 0.2" in table
 
 

@@ -50,6 +50,11 @@ def build_report(
         >>> build_report(load_study_record(config))  # doctest: +SKIP
         PosixPath('reports/mnist1d-cnn/index.html')
     """
+    if not isinstance(record, StudyRecord):
+        raise TypeError(
+            f"build_report takes a StudyRecord, got {type(record).__name__}; read one with "
+            "balance.load_study_record(config), or build from storage with balance.report(config)"
+        )
     out_dir = root / record.name
     out_dir.mkdir(parents=True, exist_ok=True)
     context = report_context(record, out_dir=out_dir, study_file=study_file)

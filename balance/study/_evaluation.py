@@ -52,8 +52,8 @@ def evaluate_on_test(
     bases = {"chosen": chosen}
     baseline = config.baseline_config
     if baseline is not None:
-        if baseline.max_lr is None:
-            baseline = baseline.model_copy(update={"max_lr": max_lrs.get(baseline.batch_size)})
+        if baseline.max_lr is None:  # the study file's check: stage 1 fixed this size's LR
+            baseline = baseline.model_copy(update={"max_lr": max_lrs[baseline.batch_size]})
         bases["baseline"] = baseline.model_copy(update={"threads": threads})
     jobs = [
         (name, base.model_copy(update={"seed": base.seed + index}))

@@ -91,7 +91,7 @@ class Objective:
         self.base = config.train.model_copy(
             update={
                 "threads": config.train.threads if threads is None else threads,
-                "device": config.train.device if device is None else device,
+                "device": device or config.train.device,  # "" as None: not given
             }
         )
 
