@@ -20,7 +20,10 @@ trained. Trials are taken in order of completion; "steps to within 0.5 points"
 is the sum of the steps of every trial that had started by the time the first
 trial within 0.005 of the grid's best validation accuracy completed (trials
 still running then are counted whole: an upper bound). The figure is that sum
-divided by the grid's steps, the median over sampler seeds. Target: at most 0.5.
+divided by the grid's steps for every sampler seed; the headline is the worst seed
+(a seed that never gets there is "never", and fails), the median beside it.
+Target: every seed at most 0.5. A hit whose value equals the grid's best is
+reported as a tie: TPE re-found the grid's own best cell (trials are deterministic).
 
 Run (about 7 minutes on 2 cores, 11 when it runs the grid too):
     python benchmarks/search_efficiency.py
@@ -218,18 +221,27 @@ def main(argv: list[str] | None = None) -> int:
     ]
     total_ratios = [run["steps_total"] / grid["steps_total"] for run in runs]
     ratio = median(ratios)
+    worst = max(ratios)
     best = [run["best_val_accuracy"] for run in runs]
-    shown = ", ".join("never" if math.isinf(r) else f"{r:.2f}" for r in ratios)
+
+    def seed_words(run: dict[str, Any], value: float) -> str:
+        if math.isinf(value):
+            return "never"
+        tie = run["to_within"]["value"] == grid["best_val_accuracy"]
+        return f"{value:.2f}" + (" (a tie: the grid's own best cell)" if tie else "")
+
+    shown = ", ".join(seed_words(run, r) for run, r in zip(runs, ratios, strict=True))
+    worst_text = "never" if math.isinf(worst) else f"{worst:.2f}"
     headlines = [
         headline(
             "TPE + median pruning: steps to within 0.5 points of the grid's best validation "
             f"accuracy ({grid['best_val_accuracy']:.4f}, {grid['source']}) / grid steps "
-            f"({grid['steps_total']:,})",
-            f"{ratio:.2f} (median of {len(seeds)} sampler seeds: {shown}; whole TPE study "
+            f"({grid['steps_total']:,}), worst sampler seed",
+            f"{worst_text} (every seed: {shown}; median {ratio:.2f}; whole TPE study "
             f"{median(total_ratios):.2f} of the grid's steps; TPE best val "
             f"{', '.join(f'{b:.4f}' for b in best)})",
-            f"<= {TARGET}",
-            ratio <= TARGET,
+            f"every seed <= {TARGET}",
+            worst <= TARGET,
         )
     ]
     print(headlines[0]["measure"], headlines[0]["value"], flush=True)
@@ -242,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             "tpe_study": str(TPE_STUDY.relative_to(ROOT)),
             "runs": runs,
             "ratio": ratio,
+            "worst_ratio": worst,
             "ratios": ratios,
             "total_ratios": total_ratios,
         },
