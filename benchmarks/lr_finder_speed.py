@@ -1,4 +1,4 @@
-"""LR range test wall time: balance against torch-lr-finder, at the same number of iterations.
+"""LR range test wall time: balance against torch-lr-finder, at equal steps and at each default.
 
 Both sweep the same model and optimizer (fresh copies each run, built outside the
 timer) from ``start_lr`` to ``end_lr`` exponentially over ``num_steps`` steps at
@@ -15,9 +15,19 @@ steps (checked). torch-lr-finder is fed in two ways:
   index into the tensors (the fastest way to feed it in-memory data).
 
 The figure is torch-lr-finder's time divided by balance's (>= 1: balance is no
-slower), the median of interleaved repeats. Its console output (tqdm, prints) is
-sent to /dev/null on both sides. The suggestion quality (1cycle accuracy at each
-tool's suggested LR against brute force) is in ``suggestion_rules.py``.
+slower), the median of interleaved repeats.
+
+Defaults, side by side: what a user pays who takes each tool as it comes.
+balance's ``find_max_lr`` with ``RangeTestConfig()`` (3 sweeps of 200 steps from
+fresh models, averaged; building those models is inside the timer, as it is part
+of that default) against torch-lr-finder's ``range_test(loader)`` defaults (one
+sweep of 100 steps to LR 10, divergence stop at 5x, its documented DataLoader),
+from the optimizer's LR 1e-5. Either may stop early at divergence; the steps each
+ran are recorded. This ratio has no target: it is the price of averaging.
+
+Console output (tqdm, prints) is sent to /dev/null on both sides. The suggestion
+quality (1cycle accuracy at each tool's suggested LR against brute force) is in
+``suggestion_rules.py``.
 
 Run (about 2 minutes):
     python benchmarks/lr_finder_speed.py
@@ -41,7 +51,7 @@ from balance.config import RangeTestConfig, TrainConfig
 from balance.data import Dataset, load_dataset
 from balance.loop import prepare
 from balance.optim import build_optimizer
-from balance.range_test import RangeTestWarning, range_test
+from balance.range_test import RangeTestWarning, find_max_lr, range_test
 
 NAME = "lr_finder_speed"
 NO_STOP = 1e9
@@ -75,6 +85,57 @@ def time_balance(config: TrainConfig, data: Dataset, sweep: RangeTestConfig) -> 
         "seconds": seconds,
         "steps": len(result.lrs),
         "steepest": result.suggestions["steepest"],
+    }
+
+
+def time_balance_default(config: TrainConfig, data: Dataset, steps: int) -> dict[str, Any]:
+    """``find_max_lr`` with its defaults (``steps`` per sweep only in --quick)."""
+    defaults = RangeTestConfig(num_steps=steps)
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RangeTestWarning)
+        result = find_max_lr(config, defaults, data=data)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "steps": len(result.lrs) * result.repeats, "sweeps": result.repeats}
+
+
+def time_lr_finder_default(config: TrainConfig, data: Dataset, steps: int) -> dict[str, Any]:
+    """torch-lr-finder's ``range_test`` with its defaults (``steps`` only in --quick)."""
+    from torch_lr_finder import LRFinder
+
+    model, optimizer = fresh(config, data, RangeTestConfig().start_lr)
+    loader = lr_finder_loader(data, config.batch_size, "dataloader")
+    with (
+        open(os.devnull, "w") as sink,
+        contextlib.redirect_stdout(sink),
+        contextlib.redirect_stderr(sink),
+    ):
+        started = time.perf_counter()
+        finder = LRFinder(model, optimizer, nn.CrossEntropyLoss())
+        finder.range_test(loader, num_iter=steps)  # end_lr 10, exp, diverge_th 5: its defaults
+        finder.reset()
+        seconds = time.perf_counter() - started
+    return {"seconds": seconds, "steps": len(finder.history["lr"]), "sweeps": 1}
+
+
+def defaults_case(config: TrainConfig, data: Dataset, repeats: int, quick: bool) -> dict[str, Any]:
+    """Each tool at its defaults, interleaved: seconds, steps run, and balance / theirs."""
+    ours_steps, their_steps = (20, 10) if quick else (RangeTestConfig().num_steps, 100)
+    variants: dict[str, Callable[[], dict[str, Any]]] = {
+        "balance_default": lambda: time_balance_default(config, data, ours_steps),
+        "lr_finder_default": lambda: time_lr_finder_default(config, data, their_steps),
+    }
+    runs = interleaved(variants, repeats)
+    ratios = [
+        ours["seconds"] / theirs["seconds"]
+        for ours, theirs in zip(runs["balance_default"], runs["lr_finder_default"], strict=True)
+    ]
+    return {
+        "runs": runs,
+        "balance_over_lr_finder": median(ratios),
+        "balance_over_lr_finder_range": spread(ratios),
+        "seconds": {name: median([r["seconds"] for r in rs]) for name, rs in runs.items()},
+        "steps": {name: median([r["steps"] for r in rs]) for name, rs in runs.items()},
     }
 
 
@@ -166,6 +227,21 @@ def main(argv: list[str] | None = None) -> int:
         config = CASES[name]
         data = load_dataset(config.data, validation_fraction=config.validation_fraction)
         results[name] = case = run_case(config, data, sweep, repeats)
+        case["defaults"] = defaults = defaults_case(config, data, repeats, args.quick)
+        low, high = defaults["balance_over_lr_finder_range"]
+        seconds, steps = defaults["seconds"], defaults["steps"]
+        headlines.append(
+            headline(
+                f"{name}, each at its defaults: balance lr-find time / torch-lr-finder time",
+                f"{defaults['balance_over_lr_finder']:.2f} (median of {repeats}; {low:.2f}-"
+                f"{high:.2f}; {seconds['balance_default']:.2f} s for {steps['balance_default']:g}"
+                f" steps in 3 sweeps vs {seconds['lr_finder_default']:.2f} s for "
+                f"{steps['lr_finder_default']:g} steps)",
+                "none: the price of 3 averaged sweeps",
+                None,
+            )
+        )
+        print(headlines[-1]["measure"], headlines[-1]["value"], flush=True)
         for feed in ("dataloader", "slices"):
             low, high = case[f"speedup_vs_{feed}_range"]
             headlines.append(
