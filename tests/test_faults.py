@@ -263,8 +263,9 @@ def test_unreachable_storage_is_one_line_and_exit_2_within_the_timeout(
     if server == "silent server":
         assert "timeout expired" in line
         wait_until(lambda: bool(silent_server.held_s), "the client to hang up")
-        # the client gave up after the 2 s asked for, not the 10 s default
-        assert all(2 <= held < 10 for held in silent_server.held_s), silent_server.held_s
+        # The client gave up after the 2 s asked for, not the 10 s default. The server
+        # accepts a moment after the client's clock starts, so it sees a little less.
+        assert all(1 < held < 6 for held in silent_server.held_s), silent_server.held_s
     else:
         assert "refused" in line
 
