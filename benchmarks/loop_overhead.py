@@ -191,12 +191,12 @@ def profile(config: TrainConfig, data: Dataset) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parser(__doc__.splitlines()[0])
-    arguments.add_argument("--repeats", type=int, default=None, help="default 11 (quick: 3)")
+    arguments.add_argument("--repeats", type=int, default=None, help="default 11 (quick: 1)")
     arguments.add_argument("--profile", action="store_true", help="print a cProfile of train()")
     args = arguments.parse_args(argv)
     started = time.perf_counter()
     info = machine()
-    repeats = args.repeats or (3 if args.quick else 11)
+    repeats = args.repeats or (1 if args.quick else 11)
     thread_counts = [1] if args.quick else [1, 2]
     results: dict[str, Any] = {}
     headlines = []

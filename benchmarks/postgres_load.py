@@ -287,11 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser(__doc__.splitlines()[0])
     arguments.add_argument("--url", help="a PostgreSQL database URL (default: throwaway server)")
     arguments.add_argument("--workers", type=int, default=None, help="default 4 (quick: 2)")
-    arguments.add_argument("--trials", type=int, default=None, help="per worker (quick: 20)")
+    arguments.add_argument("--trials", type=int, default=None, help="per worker (quick: 5)")
     args = arguments.parse_args(argv)
     started = time.perf_counter()
     info = machine()
-    trials = args.trials or (20 if args.quick else 200)
+    trials = args.trials or (5 if args.quick else 200)
     args.workers = args.workers or (2 if args.quick else 4)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with database(args.url) as (url, source):
