@@ -226,9 +226,11 @@ def test_diverged_cells_are_marked_and_listed_with_their_reason(
 
 
 def test_missing_cells_are_marked_with_a_dash() -> None:
-    runs = runs_frame_stub()
+    # One stored cell of four: seeds at 0.7 and 0.9 (mean 0.8, std 0.1), read through the
+    # real record and frames; the grid's axes name three cells no trial reached.
+    _, record = stored_cells({(32, 0.0, 0.0): (0.8, 0.1, 2)})
     grid = balance_grid(
-        runs,
+        runs_frame(record),
         "val_accuracy",
         axes={"batch_size": [32], "weight_decay": [0.0, 1e-4], "dropout": [0.0, 0.5]},
     )
@@ -240,30 +242,6 @@ def test_missing_cells_are_marked_with_a_dash() -> None:
         assert cells[key] == ["\u2014"]
     assert len([t for t in ax.texts if t.get_gid() == "empty-missing"]) == 3
     assert sum(p.get_hatch() is not None for p in ax.patches) == 3
-
-
-def runs_frame_stub() -> Any:
-    import pandas as pd
-
-    rows = [
-        {
-            "number": 0,
-            "state": "complete",
-            "batch_size": 32,
-            "weight_decay": 0.0,
-            "dropout": 0.0,
-            "seed": seed,
-            "val_accuracy": value,
-            "val_loss": 1.0,
-            "train_loss": 0.5,
-            "gap": 0.5,
-            "steps": 10,
-            "diverged": False,
-            "counted": True,
-        }
-        for seed, value in ((0, 0.7), (1, 0.9))
-    ]
-    return pd.DataFrame(rows)
 
 
 def test_best_cell_is_outlined_and_the_verdict_names_it(
