@@ -262,7 +262,9 @@ def run_balance_workers(url: str, workers: int, trials: int) -> dict[str, Any]:
         record = load_study_record(config, storage=url)
     frame = trials_frame(record)
     found = audit(frame, config)
-    states = frame["state"].value_counts().to_dict()
+    # A surplus trial (a worker found the queue empty and Optuna made one up) trains
+    # nothing and is pruned at once: counted apart, as the grid audit does.
+    states = frame.loc[~frame["surplus"], "state"].value_counts().to_dict()
     span = record.span_s() or math.nan
     return {
         "workers": workers,
@@ -277,7 +279,8 @@ def run_balance_workers(url: str, workers: int, trials: int) -> dict[str, Any]:
         "trials_per_second": total / wall,
         "steady_seconds": span,
         "steady_trials_per_second": total / span,
-        "trials_by_worker": frame.groupby([str(trial.worker) for trial in record.trials])
+        "trials_by_worker": frame[~frame["surplus"]]
+        .groupby([str(t.worker) for t in record.trials if not t.surplus])
         .size()
         .tolist(),
     }
