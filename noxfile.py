@@ -22,7 +22,8 @@ TORCH = "torch==2.13.0"
 # The PostgreSQL tests belong to the default run: their fixture starts a throwaway
 # server from the installed binaries (or uses BALANCE_TEST_POSTGRES_URL).
 FAST = "not slow"
-TEST_EXTRAS = "test,postgres"
+# bench: every benchmark's quick run is a default test, and two of them drive torch-lr-finder.
+TEST_EXTRAS = "test,postgres,bench"
 
 
 def install(session: nox.Session, extras: str = "") -> None:
