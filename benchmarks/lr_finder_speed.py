@@ -101,21 +101,9 @@ def time_balance_default(config: TrainConfig, data: Dataset, steps: int) -> dict
 
 def time_lr_finder_default(config: TrainConfig, data: Dataset, steps: int) -> dict[str, Any]:
     """torch-lr-finder's ``range_test`` with its defaults (``steps`` only in --quick)."""
-    from torch_lr_finder import LRFinder
-
-    model, optimizer = fresh(config, data, RangeTestConfig().start_lr)
-    loader = lr_finder_loader(data, config.batch_size, "dataloader")
-    with (
-        open(os.devnull, "w") as sink,
-        contextlib.redirect_stdout(sink),
-        contextlib.redirect_stderr(sink),
-    ):
-        started = time.perf_counter()
-        finder = LRFinder(model, optimizer, nn.CrossEntropyLoss())
-        finder.range_test(loader, num_iter=steps)  # end_lr 10, exp, diverge_th 5: its defaults
-        finder.reset()
-        seconds = time.perf_counter() - started
-    return {"seconds": seconds, "steps": len(finder.history["lr"]), "sweeps": 1}
+    # end_lr 10, exp steps, diverge_th 5 and the optimizer's LR as start: its defaults
+    run = lr_finder_run(config, data, RangeTestConfig().start_lr, "dataloader", num_iter=steps)
+    return {**run, "sweeps": 1}
 
 
 def defaults_case(config: TrainConfig, data: Dataset, repeats: int, quick: bool) -> dict[str, Any]:
@@ -148,12 +136,14 @@ def lr_finder_loader(data: Dataset, batch_size: int, feed: str) -> DataLoader:
     return DataLoader(dataset, sampler=sampler, batch_size=None)
 
 
-def time_lr_finder(
-    config: TrainConfig, data: Dataset, sweep: RangeTestConfig, feed: str
+def lr_finder_run(
+    config: TrainConfig, data: Dataset, optimizer_lr: float, feed: str, **range_test: Any
 ) -> dict[str, Any]:
+    """Time ``LRFinder(...).range_test(loader, **range_test)`` and ``reset`` on a fresh model
+    whose optimizer starts at ``optimizer_lr``, its console output sent to /dev/null."""
     from torch_lr_finder import LRFinder
 
-    model, optimizer = fresh(config, data, sweep.start_lr)
+    model, optimizer = fresh(config, data, optimizer_lr)
     loader = lr_finder_loader(data, config.batch_size, feed)
     with (
         open(os.devnull, "w") as sink,
@@ -162,17 +152,27 @@ def time_lr_finder(
     ):
         started = time.perf_counter()
         finder = LRFinder(model, optimizer, nn.CrossEntropyLoss())
-        finder.range_test(
-            loader,
-            start_lr=sweep.start_lr,
-            end_lr=sweep.end_lr,
-            num_iter=sweep.num_steps,
-            step_mode="exp",
-            diverge_th=NO_STOP,
-        )
+        finder.range_test(loader, **range_test)
         finder.reset()
         seconds = time.perf_counter() - started
     return {"seconds": seconds, "steps": len(finder.history["lr"])}
+
+
+def time_lr_finder(
+    config: TrainConfig, data: Dataset, sweep: RangeTestConfig, feed: str
+) -> dict[str, Any]:
+    """torch-lr-finder at the same sweep as balance's, its divergence stop off."""
+    return lr_finder_run(
+        config,
+        data,
+        sweep.start_lr,
+        feed,
+        start_lr=sweep.start_lr,
+        end_lr=sweep.end_lr,
+        num_iter=sweep.num_steps,
+        step_mode="exp",
+        diverge_th=NO_STOP,
+    )
 
 
 def run_case(

@@ -211,29 +211,20 @@ def run_balance_workers(url: str, workers: int, trials: int) -> dict[str, Any]:
     import tempfile
 
     sys.path.insert(0, str(TESTS))
-    from study_files import subprocess_env, toml_text
+    from study_files import subprocess_env, tiny_values, toml_text
 
     from balance.analysis import audit, trials_frame
     from balance.config import load_study_file
 
     total = workers * trials
-    values = {
-        "name": f"load-{uuid.uuid4().hex[:8]}",
-        "sampler": "grid",
-        "seeds": 1,
-        "train": {
-            "data": "digits",
-            "model": "mlp",
-            "epochs": 1,
-            "batch_size": 256,
-            "max_lr": 0.1,
-            "threads": 1,
-        },
-        "search": {
+    values = tiny_values(  # digits, an MLP, one epoch at a given max LR, one seed
+        f"load-{uuid.uuid4().hex[:8]}",
+        train={"batch_size": 256},  # 6 steps a trial: mostly storage work
+        search={
             "weight_decay": [index * 1e-6 for index in range(trials)],
             "dropout": [index / (2 * workers) for index in range(workers)],
         },
-    }
+    )
     with tempfile.TemporaryDirectory() as folder:
         study_file = Path(folder) / "load.toml"
         study_file.write_text(toml_text(values))
