@@ -17,6 +17,7 @@ from balance.loop import fit, prepare
 from balance.optim import build_optimizer
 from balance.range_test import (
     SUGGESTION_RULES,
+    RangeTestError,
     RangeTestResult,
     RangeTestWarning,
     SuperConvergence,
@@ -24,12 +25,17 @@ from balance.range_test import (
     diagnose_super_convergence,
     find_max_lr,
     range_test,
+    rule_curve,
     smooth,
+    smooth_zero_phase,
     suggest_accuracy,
     suggest_minimum,
+    suggest_onset,
     suggest_steepest,
     suggest_valley,
+    sweep_lrs,
 )
+from balance.range_test._rules import choose, rule_spread
 from balance.schedule import build_scheduler
 from balance.train import train
 
@@ -84,7 +90,8 @@ def test_steepest_lies_before_minimum_on_u_shaped_curve():
 def test_minimum_rule_is_a_fraction_of_the_argmin_lr():
     lrs, loss = u_curve()
     lowest = lrs[int(np.argmin(loss))]
-    assert suggest_minimum(lrs, loss) == pytest.approx(lowest * 0.2)  # balance's default
+    default = RangeTestConfig().minimum_fraction
+    assert suggest_minimum(lrs, loss) == pytest.approx(lowest * default)
     assert suggest_minimum(lrs, loss, fraction=0.1) == pytest.approx(lowest / 10)  # fastai's
     for bad in (0.0, -0.5, 1.5):
         with pytest.raises(ValueError, match="fraction"):
@@ -135,6 +142,48 @@ def test_smoothing_is_bias_corrected_ema():
     assert smoothed[1] == pytest.approx((0.25 * 2 + 0.5 * 1) / 0.75)
     assert math.isnan(smoothed[2])
     assert smoothed[3] == pytest.approx((0.125 * 2 + 0.25 * 1 + 0.5 * 4) / 0.875)
+
+
+def test_zero_phase_smoothing_does_not_lag():
+    bump = [0.0] * 40 + [1.0] * 5 + [0.0] * 40
+    causal, zero_phase = smooth(bump, 0.9), smooth_zero_phase(bump, 0.9)
+    assert int(np.argmax(causal)) > 42  # the forward EMA peaks past the bump's centre
+    assert int(np.argmax(zero_phase)) == 42  # forwards then backwards: centred on it
+    assert math.isnan(smooth_zero_phase([1.0, math.nan, 1.0], 0.5)[1])
+
+
+def test_rule_curve_caps_losses_at_their_starting_level():
+    losses = [2.0, 1.0, 0.5, 0.4, 1e12]  # the step that tripped the stop
+    capped = rule_curve(losses, 0.5, skip_start=1)
+    assert capped == pytest.approx(smooth_zero_phase([2.0, 1.0, 0.5, 0.4, 2.0], 0.5))
+    assert max(capped) <= 2.0
+
+
+def test_onset_is_where_the_loss_climbed_back_a_share_of_its_drop():
+    lrs = [10.0**k for k in range(-5, 3)]
+    losses = [2.0, 1.5, 1.0, 0.2, 0.2, 0.25, 1.0, 3.0]  # drop 1.8; min at 1e-2 (first of two)
+    assert suggest_onset(lrs, losses, rise=0.02) == pytest.approx(1.0)  # 0.25 >= 0.2 + 0.036
+    assert suggest_onset(lrs, losses, rise=0.1) == pytest.approx(10.0)  # 1.0 >= 0.38
+    assert suggest_onset(lrs, losses, rise=0.1, fraction=0.5) == pytest.approx(5.0)
+    assert suggest_onset(lrs, [2.0, 1.5, 1.0, 0.5, 0.4, 0.3, 0.2, 0.1]) is None  # never turned
+    assert suggest_onset(lrs, [1.0] * 8) is None  # never fell
+
+
+def test_disagreeing_max_lr_rules_give_the_smallest_and_say_so():
+    found: list[str] = []
+    suggestions = {"onset": 1.0, "minimum": 0.05, "steepest": 1e-4, "valley": 1e-4}
+    assert rule_spread(suggestions) == pytest.approx(20.0)  # steepest/valley are not compared
+    assert choose(suggestions, "onset", 1e-5, found) == ("minimum", 0.05)
+    assert "disagree 20x" in found[0] and "onset 1" in found[0] and "minimum 0.05" in found[0]
+    agreeing: list[str] = []
+    assert choose({"onset": 1.0, "minimum": 0.2}, "onset", 1e-5, agreeing) == ("onset", 1.0)
+    assert agreeing == []
+    flat: list[str] = []
+    assert choose({"onset": 1.0, "minimum": 0.2}, "onset", 1e-5, flat, distrust=True) == (
+        "minimum",
+        0.2,
+    )
+    assert "flat" in flat[0]
 
 
 def test_rules_return_none_on_too_few_points():
@@ -197,25 +246,39 @@ def test_diagnostic_unknown_without_validation_accuracy():
 
 
 def test_exp_sweep_lrs_are_geometric_from_start_to_end(digits):
-    data, model, _ = prepare(DIGITS, digits)
-    config = RangeTestConfig(start_lr=1e-4, end_lr=1e-2, num_steps=20)
-    result = range_test(
-        model, build_optimizer(model, DIGITS, 1e-4), data, batch_size=32, config=config
-    )
-    assert result.diverged_at is None and len(result.lrs) == 20
-    assert result.lrs[0] == 1e-4 and result.lrs[-1] == pytest.approx(1e-2)
-    ratios = np.diff(np.log(result.lrs))
-    assert np.allclose(ratios, ratios[0])
+    config = RangeTestConfig(start_lr=1e-3, end_lr=1e6, num_steps=40, repeats=1)
+    result = find_max_lr(DIGITS, config, data=digits)
+    assert result.diverged_at is not None  # the LR ends far past where the MLP diverges
+    assert result.lrs == sweep_lrs(1e-3, 1e6, 40, "exp")[: len(result.lrs)]
+    ratios = np.diff(np.log(sweep_lrs(1e-3, 1e6, 40, "exp")))
+    assert np.allclose(ratios, ratios[0]) and sweep_lrs(1e-3, 1e6, 40, "exp")[-1] == 1e6
 
 
 def test_linear_sweep_lrs_are_evenly_spaced_from_start(digits):
-    data, model, _ = prepare(DIGITS, digits)
-    config = RangeTestConfig(start_lr=0.001, end_lr=0.05, num_steps=20, mode="linear")
-    result = range_test(
-        model, build_optimizer(model, DIGITS, 1e-3), data, batch_size=32, config=config
-    )
-    assert result.lrs[0] == 0.001 and result.lrs[-1] == pytest.approx(0.05)
-    assert np.allclose(np.diff(result.lrs), (0.05 - 0.001) / 19)
+    config = RangeTestConfig(start_lr=0.001, end_lr=50.0, num_steps=20, mode="linear", repeats=1)
+    result = find_max_lr(DIGITS, config, data=digits)
+    assert result.lrs[0] == 0.001
+    assert np.allclose(np.diff(result.lrs), (50.0 - 0.001) / 19)
+
+
+def test_a_sweep_still_falling_at_end_lr_goes_on_at_the_same_rate(digits):
+    config = RangeTestConfig(start_lr=1e-4, end_lr=1e-2, num_steps=30, repeats=1)
+    with pytest.warns(RangeTestWarning, match="still falling at end_lr=0.01"):
+        result = find_max_lr(DIGITS, config, data=digits)
+    assert len(result.lrs) > 30 and result.lrs[-1] > 1e-2
+    ratios = np.diff(np.log(result.lrs))
+    assert np.allclose(ratios, ratios[0])  # one rate before and after end_lr
+    # The answer comes from a curve that turned, not from the end of the stretch before it.
+    assert result.rule == "onset" and result.max_lr > 1e-2 * 0.5
+
+
+def test_a_curve_that_never_turns_raises_one_line(digits):
+    # Full-batch steps without dropout: the loss falls smoothly all the way to end_lr.
+    full_batch = DIGITS.model_copy(update={"batch_size": len(digits.x_train), "dropout": 0.0})
+    config = RangeTestConfig(start_lr=1e-4, end_lr=1e-2, extend_decades=0, num_steps=20)
+    with pytest.raises(RangeTestError, match="still falling at LR 0.01.*extend_decades") as caught:
+        find_max_lr(full_batch, config, data=digits)
+    assert "\n" not in str(caught.value)
 
 
 def test_divergence_stops_the_sweep_without_raising(digits):
@@ -223,9 +286,9 @@ def test_divergence_stops_the_sweep_without_raising(digits):
     result = find_max_lr(DIGITS, config, data=digits)
     assert result.diverged_at is not None
     assert len(result.lrs) == len(result.losses) == result.diverged_at + 1 < 80
-    last = result.smoothed[-1]
-    assert not math.isfinite(result.losses[-1]) or last > config.diverge_threshold * min(
-        value for value in result.smoothed if math.isfinite(value)
+    watched = smooth(result.losses, config.ema_beta)  # the causal EMA the stop watches
+    assert not math.isfinite(result.losses[-1]) or watched[-1] > config.diverge_threshold * min(
+        value for value in watched if math.isfinite(value)
     )
     assert math.isfinite(result.max_lr) and result.min_lr == pytest.approx(result.max_lr / 25)
 
@@ -238,11 +301,12 @@ def test_divergence_in_first_steps_warns(digits):
     assert result.max_lr > 0  # falls back, never crashes
 
 
-def test_smoothed_curve_is_bias_corrected_ema_of_losses(digits):
+def test_smoothed_curve_is_the_zero_phase_ema_of_losses(digits):
     result = find_max_lr(
-        DIGITS, RangeTestConfig(num_steps=40, end_lr=1.0, ema_beta=0.8), data=digits
+        DIGITS, RangeTestConfig(num_steps=40, end_lr=1.0, smooth_beta=0.7), data=digits
     )
-    assert result.smoothed == pytest.approx(smooth(result.losses, 0.8), nan_ok=True)
+    expected = rule_curve(result.losses, 0.7, RangeTestConfig().skip_start)
+    assert result.smoothed == pytest.approx(expected, nan_ok=True)
 
 
 def test_validation_runs_every_k_steps_on_a_fixed_subset(digits):
@@ -272,7 +336,8 @@ def test_repeats_average_the_sweeps_of_consecutive_seeds(digits):
     assert averaged.repeats == 3 and all(single.repeats == 1 for single in singles)
     assert averaged.lrs == singles[0].lrs
     assert averaged.losses == pytest.approx(np.mean([s.losses for s in singles], axis=0))
-    assert averaged.smoothed == pytest.approx(smooth(averaged.losses, config.ema_beta))
+    expected = rule_curve(averaged.losses, config.smooth_beta, config.skip_start)
+    assert averaged.smoothed == pytest.approx(expected)
     assert averaged.val_accuracies == pytest.approx(
         np.mean([s.val_accuracies for s in singles], axis=0)
     )
@@ -423,10 +488,11 @@ def test_result_round_trips_through_strict_json(digits):
 
 @pytest.mark.parametrize("rule", ["steepest", "valley"])
 def test_find_max_lr_chooses_the_configured_rule(digits, rule):
-    # Not the default rule ("minimum"), and one whose answer differs from it here: a
+    # Not the default rule ("onset"), and one whose answer differs from it here: a
     # `rule` setting that was ignored would fail.
-    result = find_max_lr(DIGITS, RangeTestConfig(num_steps=60, rule=rule), data=digits)
-    assert result.suggestions[rule] != result.suggestions["minimum"]
+    config = RangeTestConfig(num_steps=60, rule=rule, val_every=0)
+    result = find_max_lr(DIGITS, config, data=digits)
+    assert result.suggestions[rule] != result.suggestions["onset"]
     assert result.rule == rule
     assert result.max_lr == result.suggestions[rule]
     assert result.min_lr == pytest.approx(result.max_lr / DIGITS.div_factor)

@@ -22,13 +22,21 @@ Example:
 """
 
 from balance.range_test._diagnostics import curve_warnings, diagnose_super_convergence
-from balance.range_test._result import RangeTestResult, RangeTestWarning, SuperConvergence
+from balance.range_test._result import (
+    RangeTestError,
+    RangeTestResult,
+    RangeTestWarning,
+    SuperConvergence,
+)
 from balance.range_test._rules import (
     SUGGESTION_RULES,
+    rule_curve,
     smooth,
+    smooth_zero_phase,
     suggest_accuracy,
     suggest_all,
     suggest_minimum,
+    suggest_onset,
     suggest_steepest,
     suggest_valley,
 )
@@ -36,6 +44,7 @@ from balance.range_test._sweep import find_max_lr, range_test, sweep_lrs
 
 __all__ = [
     "SUGGESTION_RULES",
+    "RangeTestError",
     "RangeTestResult",
     "RangeTestWarning",
     "SuperConvergence",
@@ -43,10 +52,13 @@ __all__ = [
     "diagnose_super_convergence",
     "find_max_lr",
     "range_test",
+    "rule_curve",
     "smooth",
+    "smooth_zero_phase",
     "suggest_accuracy",
     "suggest_all",
     "suggest_minimum",
+    "suggest_onset",
     "suggest_steepest",
     "suggest_valley",
     "sweep_lrs",

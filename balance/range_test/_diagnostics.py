@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from balance.range_test._result import SuperConvergence
 from balance.range_test._rules import (
     DEFAULT_ACCURACY_TOLERANCE,
@@ -87,7 +85,7 @@ def curve_warnings(
     diverged_at: int | None,
     skip_start: int = 0,
 ) -> list[str]:
-    """Plain-words reasons not to trust a curve: too short, early divergence, flat, unfinished."""
+    """Plain-words reasons not to trust a curve: too short, early divergence, flat."""
     found = []
     x, y = usable_points(lrs, smoothed, skip_start)
     if len(x) < TRUSTED_POINTS:
@@ -100,14 +98,20 @@ def curve_warnings(
             f"diverged in the first {EARLY_DIVERGENCE:.0%} of the sweep (step {diverged_at} "
             f"of {num_steps}, LR {lrs[diverged_at]:.3g}); lower start_lr"
         )
-    if len(x) >= MIN_POINTS:
+    if is_flat(lrs, smoothed, skip_start):
         drop = (y[0] - y.min()) / abs(y[0]) if y[0] != 0 else 0.0
-        if drop < FLAT_DROP:
-            found.append(
-                f"curve is flat: the smoothed loss falls only {max(drop, 0.0):.1%} "
-                f"(from {y[0]:.4g} to {y.min():.4g}); widen the LR range or check that the "
-                "model learns"
-            )
-        elif diverged_at is None and int(np.argmin(y)) >= len(y) - max(2, len(y) // 20):
-            found.append(f"loss still falling at the last LR {x[-1]:.3g}; raise end_lr")
+        found.append(
+            f"curve is flat: the smoothed loss falls only {max(drop, 0.0):.1%} "
+            f"(from {y[0]:.4g} to {y.min():.4g}); widen the LR range or check that the "
+            "model learns"
+        )
     return found
+
+
+def is_flat(lrs: Sequence[float], smoothed: Sequence[float], skip_start: int = 0) -> bool:
+    """Whether the smoothed loss falls by less than :data:`FLAT_DROP` of its first value."""
+    x, y = usable_points(lrs, smoothed, skip_start)
+    if len(x) < MIN_POINTS:
+        return False
+    drop = (y[0] - y.min()) / abs(y[0]) if y[0] != 0 else 0.0
+    return bool(drop < FLAT_DROP)

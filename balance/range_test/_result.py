@@ -6,11 +6,16 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from balance.config import ConfigError
 from balance.jsonable import jsonable
 
 
 class RangeTestWarning(UserWarning):
     """A range-test curve that its suggestions should not be trusted on."""
+
+
+class RangeTestError(ConfigError):
+    """A range test that cannot name a max LR (the loss never turned); one line, exit 2."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class RangeTestResult:
     diagnostic: SuperConvergence
     warnings: list[str] = field(default_factory=list)
     repeats: int = 1
+    rule_spread: float | None = None  # largest / smallest answer of the max-LR rules
 
     def to_dict(self) -> dict[str, Any]:
         """A dict that strict JSON accepts: non-finite floats become ``None``."""

@@ -22,8 +22,30 @@ DEFAULT_ACCURACY_TOLERANCE: float = RangeTestConfig.model_fields["accuracy_toler
 DEFAULT_MINIMUM_FRACTION: float = RangeTestConfig.model_fields["minimum_fraction"].default
 """Share of the loss-minimum LR the ``minimum`` rule suggests."""
 
-FALLBACK_ORDER = ("minimum", "steepest", "accuracy", "valley")
+DEFAULT_ONSET_RISE: float = RangeTestConfig.model_fields["onset_rise"].default
+"""Share of its drop the loss climbs back where the ``onset`` rule says it turned."""
+
+ONSET_FRACTIONS = {"sgd": 0.5, "adam": 1.0, "adamw": 1.0}
+"""Share of the turning LR the ``onset`` rule suggests, per optimizer.
+
+Chosen on the development cases of ``benchmarks/lr_suite.py``: under SGD the
+best 1cycle peak lay about half the divergence onset; under Adam and AdamW,
+whose steps are normalized and blow up more gently, at the onset itself.
+"""
+
+FALLBACK_ORDER = ("onset", "minimum", "steepest", "accuracy", "valley")
 """Rules tried, in this order, when the chosen rule cannot answer (best measured first)."""
+
+MAX_LR_RULES = ("onset", "minimum")
+"""Rules calibrated to name the 1cycle peak itself, and so comparable with each other.
+
+``steepest`` and ``valley`` name a good *constant* LR (fastai's use), well below
+the peak, and ``accuracy`` the end of the accuracy plateau: they are shown, not
+compared.
+"""
+
+DISAGREEMENT = 10.0
+"""Max-LR rules further apart than this factor are not trusted: the smallest is taken."""
 
 
 def smooth(losses: Sequence[float], beta: float) -> list[float]:
@@ -44,6 +66,34 @@ def smooth(losses: Sequence[float], beta: float) -> list[float]:
         average = beta * average + (1 - beta) * loss
         out.append(average / (1 - beta**count))
     return out
+
+
+def smooth_zero_phase(losses: Sequence[float], beta: float) -> list[float]:
+    """The bias-corrected EMA run forwards, then backwards over its output: no lag.
+
+    A forward EMA trails the curve by about ``beta / (1 - beta)`` steps (49 at
+    0.98: 1.5 decades of a 200-step, 6-decade sweep), so rules read off it pick
+    LRs too high. Running the same filter back over the result cancels the shift
+    (as ``scipy.signal.filtfilt`` does), at the price of needing the whole
+    curve, which every rule has once the sweep ends. Non-finite losses stay NaN.
+    """
+    forward = smooth(losses, beta)
+    return smooth(forward[::-1], beta)[::-1]
+
+
+def rule_curve(losses: Sequence[float], beta: float, skip_start: int = 0) -> list[float]:
+    """The curve every rule reads: losses capped at their starting level, smoothed without lag.
+
+    Past the starting level (the highest of the first ``skip_start + 1`` finite
+    losses) a loss only says "diverged"; its size carries nothing a rule uses,
+    and one huge value from the step that tripped the stop would otherwise leak
+    backwards through the zero-phase filter over the whole curve.
+    """
+    finite = [loss for loss in losses[: skip_start + 1] if math.isfinite(loss)]
+    if not finite:
+        return smooth_zero_phase(losses, beta)
+    cap = max(finite)
+    return smooth_zero_phase([min(loss, cap) for loss in losses], beta)
 
 
 def usable_points(
@@ -135,6 +185,37 @@ def suggest_minimum(
     return float(x[int(np.argmin(y))] * fraction)
 
 
+def suggest_onset(
+    lrs: Sequence[float],
+    smoothed: Sequence[float],
+    *,
+    skip_start: int = 0,
+    rise: float = 0.1,
+    fraction: float = 1.0,
+) -> float | None:
+    """``fraction`` of the LR where the loss turns: the divergence onset.
+
+    Past the smoothed loss's minimum, the first point that has climbed back
+    ``rise`` of the way from the minimum to the curve's first value. Scale-free
+    (it does not depend on the loss's units) and, unlike the minimum itself,
+    well defined on a curve that falls to a long flat floor before it rises.
+    ``None`` when fewer than 3 finite points remain or the loss never turns.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if rise <= 0:
+        raise ValueError(f"rise must be > 0, got {rise}")
+    x, y = usable_points(lrs, smoothed, skip_start)
+    if len(x) < MIN_POINTS:
+        return None
+    lowest = int(np.argmin(y))
+    level = y[lowest] + rise * (y[0] - y[lowest])
+    if y[0] <= y[lowest]:
+        return None
+    above = np.nonzero(y[lowest + 1 :] >= level)[0]
+    return None if len(above) == 0 else float(x[lowest + 1 + above[0]] * fraction)
+
+
 def accuracy_plateau(
     val_lrs: Sequence[float], val_accuracies: Sequence[float], tolerance: float
 ) -> tuple[float, float, float] | None:
@@ -171,6 +252,7 @@ def suggest_accuracy(
 SuggestionRuleFunction = Callable[..., float | None]
 
 SUGGESTION_RULES: dict[str, SuggestionRuleFunction] = {
+    "onset": suggest_onset,
     "steepest": suggest_steepest,
     "valley": suggest_valley,
     "minimum": suggest_minimum,
@@ -190,9 +272,21 @@ def suggest_all(
     mode: SweepMode = "exp",
     tolerance: float = DEFAULT_ACCURACY_TOLERANCE,
     minimum_fraction: float = DEFAULT_MINIMUM_FRACTION,
+    onset_rise: float = DEFAULT_ONSET_RISE,
+    onset_fraction: float = ONSET_FRACTIONS["sgd"],
+    stopped_at: float | None = None,
 ) -> dict[str, float | None]:
-    """Every rule's LR, ``None`` where a rule cannot answer."""
+    """Every rule's LR, ``None`` where a rule cannot answer.
+
+    ``stopped_at`` is the LR where the divergence stop ended the sweep: when the
+    smoothed curve has not yet climbed ``onset_rise`` by then, the stop saw the
+    turn first and ``onset`` reads it there.
+    """
+    onset = suggest_onset(lrs, smoothed, skip_start=skip_start, rise=onset_rise)
+    if onset is None and stopped_at is not None:
+        onset = stopped_at
     return {
+        "onset": None if onset is None else onset * onset_fraction,
         "steepest": suggest_steepest(lrs, smoothed, skip_start=skip_start, mode=mode),
         "valley": suggest_valley(lrs, smoothed, skip_start=skip_start),
         "minimum": suggest_minimum(lrs, smoothed, skip_start=skip_start, fraction=minimum_fraction),
@@ -200,11 +294,36 @@ def suggest_all(
     }
 
 
+def rule_spread(suggestions: dict[str, float | None]) -> float | None:
+    """How far apart the max-LR rules are (largest / smallest); ``None`` with fewer than two."""
+    answered = [lr for name in MAX_LR_RULES if (lr := suggestions.get(name)) is not None]
+    return max(answered) / min(answered) if len(answered) >= 2 else None
+
+
 def choose(
-    suggestions: dict[str, float | None], rule: str, start_lr: float, found: list[str]
+    suggestions: dict[str, float | None],
+    rule: str,
+    start_lr: float,
+    found: list[str],
+    *,
+    distrust: bool = False,
 ) -> tuple[str, float]:
-    """The configured rule's LR, else the first rule in FALLBACK_ORDER that answered."""
+    """The configured rule's LR, else the first rule in FALLBACK_ORDER that answered.
+
+    When the configured rule is a max-LR rule and those rules disagree by more
+    than :data:`DISAGREEMENT`, or ``distrust`` is set (a flat curve), the smallest
+    of them is taken and ``found`` says so, with the spread.
+    """
     chosen = suggestions.get(rule)
+    spread = rule_spread(suggestions)
+    if rule in MAX_LR_RULES and (distrust or (spread is not None and spread > DISAGREEMENT)):
+        answered = {name: suggestions[name] for name in MAX_LR_RULES if suggestions.get(name)}
+        if answered:
+            smallest = min(answered, key=lambda name: answered[name] or math.inf)
+            shown = ", ".join(f"{name} {lr:.3g}" for name, lr in answered.items())
+            why = "the curve is flat" if distrust else f"the max-LR rules disagree {spread:.0f}x"
+            found.append(f"{why} ({shown}); took the smallest, {smallest}")
+            return smallest, float(answered[smallest] or start_lr)
     if chosen is not None:
         return rule, chosen
     for other in FALLBACK_ORDER:

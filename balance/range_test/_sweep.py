@@ -17,9 +17,16 @@ from balance.config import ConfigError, RangeTestConfig, SweepMode, TrainConfig
 from balance.data import Dataset, epoch_batches
 from balance.loop import evaluate, prepare
 from balance.optim import build_optimizer
-from balance.range_test._diagnostics import curve_warnings, diagnose_super_convergence
-from balance.range_test._result import RangeTestResult, RangeTestWarning
-from balance.range_test._rules import choose, smooth, suggest_all
+from balance.range_test._diagnostics import curve_warnings, diagnose_super_convergence, is_flat
+from balance.range_test._result import RangeTestError, RangeTestResult, RangeTestWarning
+from balance.range_test._rules import (
+    ONSET_FRACTIONS,
+    choose,
+    rule_curve,
+    rule_spread,
+    suggest_all,
+    suggest_onset,
+)
 
 
 def sweep_lrs(start_lr: float, end_lr: float, num_steps: int, mode: SweepMode) -> list[float]:
@@ -31,6 +38,32 @@ def sweep_lrs(start_lr: float, end_lr: float, num_steps: int, mode: SweepMode) -
         ratio = end_lr / start_lr
         return [start_lr * ratio ** (i / last) for i in range(num_steps)]
     return [start_lr + (end_lr - start_lr) * i / last for i in range(num_steps)]
+
+
+def continuation(lrs: Sequence[float], extend_to: float, mode: SweepMode) -> list[float]:
+    """The next stretch of a sweep at its own rate: a decade (exp) or a tenth of it (linear).
+
+    Never past ``extend_to``; empty once the sweep has reached it.
+    """
+    if len(lrs) < 2:
+        return []
+    if mode == "exp":
+        ratio = lrs[-1] / lrs[-2]
+        count = math.ceil(math.log(10) / math.log(ratio))
+        more = [lrs[-1] * ratio ** (i + 1) for i in range(count)]
+    else:
+        delta = lrs[-1] - lrs[-2]
+        more = [lrs[-1] + delta * (i + 1) for i in range(max(1, len(lrs) // 10))]
+    return [lr for lr in more if lr <= extend_to * (1 + 1e-9)]
+
+
+def turned(lrs: Sequence[float], losses: Sequence[float], config: RangeTestConfig) -> bool:
+    """Whether the loss, smoothed without lag, has risen past its minimum (``suggest_onset``)."""
+    smoothed = rule_curve(losses, config.smooth_beta, config.skip_start)
+    return (
+        suggest_onset(lrs, smoothed, skip_start=config.skip_start, rise=config.onset_rise)
+        is not None
+    )
 
 
 def _full_batches(
@@ -119,7 +152,9 @@ def _sweep(
         criterion = nn.CrossEntropyLoss()
         beta, average, best = config.ema_beta, 0.0, math.inf
         model.train()
-        for step, lr in enumerate(schedule):
+        step = 0
+        while step < len(schedule):
+            lr = schedule[step]
             for group in optimizer.param_groups:
                 group["lr"] = lr
             xb, yb = next(batches)
@@ -144,6 +179,10 @@ def _sweep(
             if current > config.diverge_threshold * best:
                 record.diverged_at = step
                 break
+            step += 1
+            if step == len(schedule) and not turned(record.lrs, record.losses, config):
+                # Still falling at the last LR: go on at the same rate, a stretch at a time.
+                schedule.extend(continuation(schedule, config.extend_to, config.mode))
     finally:
         _restore(saved, model, optimizer)
     return record
@@ -170,12 +209,36 @@ def _mean_sweep(sweeps: Sequence[_Sweep]) -> _Sweep:
     )
 
 
+def optimizer_family(optimizer: torch.optim.Optimizer | str) -> str:
+    """``"sgd"`` for SGD, ``"adam"`` for Adam, AdamW and other adaptive optimizers."""
+    if isinstance(optimizer, str):
+        return "sgd" if optimizer == "sgd" else "adam"
+    return "sgd" if isinstance(optimizer, torch.optim.SGD) else "adam"
+
+
 def _result(
-    sweep: _Sweep, config: RangeTestConfig, *, batch_size: int, div_factor: float, repeats: int
+    sweep: _Sweep,
+    config: RangeTestConfig,
+    *,
+    batch_size: int,
+    div_factor: float,
+    repeats: int,
+    family: str,
 ) -> RangeTestResult:
     """Smooth the curve, ask every rule, choose ``max_lr``, diagnose and warn."""
-    smoothed = smooth(sweep.losses, config.ema_beta)
+    smoothed = rule_curve(sweep.losses, config.smooth_beta, config.skip_start)
+    stopped_at = None if sweep.diverged_at is None else sweep.lrs[sweep.diverged_at]
+    if stopped_at is None and not turned(sweep.lrs, sweep.losses, config):
+        raise RangeTestError(
+            f"the loss was still falling at LR {sweep.lrs[-1]:.3g}, where the sweep ended "
+            f"(end_lr x 10**extend_decades={config.extend_decades:g}): a curve that never "
+            "turned names no max LR; check that the model learns, raise end_lr or "
+            "extend_decades, or give max_lr"
+        )
     val_lrs = [sweep.lrs[step] for step in sweep.val_steps]
+    onset_fraction = (
+        ONSET_FRACTIONS[family] if config.onset_fraction is None else config.onset_fraction
+    )
     suggestions = suggest_all(
         sweep.lrs,
         smoothed,
@@ -185,6 +248,9 @@ def _result(
         mode=config.mode,
         tolerance=config.accuracy_tolerance,
         minimum_fraction=config.minimum_fraction,
+        onset_rise=config.onset_rise,
+        onset_fraction=onset_fraction,
+        stopped_at=stopped_at,
     )
     found = curve_warnings(
         sweep.lrs,
@@ -193,7 +259,18 @@ def _result(
         diverged_at=sweep.diverged_at,
         skip_start=config.skip_start,
     )
-    rule, max_lr = choose(suggestions, config.rule, config.start_lr, found)
+    if len(sweep.lrs) > config.num_steps:
+        found.append(
+            f"loss still falling at end_lr={config.end_lr:g}: the sweep went on to LR "
+            f"{sweep.lrs[-1]:.3g}"
+        )
+    rule, max_lr = choose(
+        suggestions,
+        config.rule,
+        config.start_lr,
+        found,
+        distrust=is_flat(sweep.lrs, smoothed, config.skip_start),
+    )
     diagnostic = diagnose_super_convergence(
         val_lrs, sweep.val_accuracies, suggestions["steepest"], tolerance=config.accuracy_tolerance
     )
@@ -216,6 +293,7 @@ def _result(
         diagnostic=diagnostic,
         warnings=found,
         repeats=repeats,
+        rule_spread=rule_spread(suggestions),
     )
 
 
@@ -275,7 +353,14 @@ def range_test(
         generator=generator,
         augment=augment,
     )
-    return _result(sweep, config, batch_size=batch_size, div_factor=div_factor, repeats=1)
+    return _result(
+        sweep,
+        config,
+        batch_size=batch_size,
+        div_factor=div_factor,
+        repeats=1,
+        family=optimizer_family(optimizer),
+    )
 
 
 def find_max_lr(
@@ -320,4 +405,5 @@ def find_max_lr(
         batch_size=train_config.batch_size,
         div_factor=train_config.div_factor,
         repeats=range_config.repeats,
+        family=optimizer_family(train_config.optimizer),
     )
