@@ -99,6 +99,10 @@ def print_range_test(result: "RangeTestResult") -> None:
     typer.echo("suggestions (* = the rule that gave max_lr):")
     for rule, lr in result.suggestions.items():
         typer.echo(f"  {'*' if rule == result.rule else ' '} {rule:<9} {_number(lr)}")
+    if result.rule_spread is not None:
+        typer.echo(
+            f"  onset and minimum lie {result.rule_spread:.1f}x apart (over 10x: distrusted)"
+        )
     typer.echo(
         f"max_lr: {_number(result.max_lr)} (rule {result.rule})  min_lr: {_number(result.min_lr)}"
     )

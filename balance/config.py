@@ -168,6 +168,10 @@ class TrainConfig(_Strict):
         return DEFAULT_PCT_START.get(self.policy, 0.3)
 
 
+_Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+_Share = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
 class RangeTestConfig(_Strict):
     """Settings of the LR range test (the sweep, its smoothing and its stop)."""
 
@@ -175,20 +179,12 @@ class RangeTestConfig(_Strict):
     end_lr: float = Field(10.0, gt=0.0, description="last LR of the sweep")
     num_steps: int = Field(200, ge=5, description="optimizer steps in the sweep")
     mode: SweepMode = Field("exp", description="exp: geometric LR steps; linear: even steps")
-    ema_beta: float = Field(
-        0.98,
-        ge=0.0,
-        lt=1.0,
-        description="causal EMA of the loss that the divergence stop watches (bias-corrected)",
-    )
+    ema_beta: _Beta = Field(0.98, description="causal EMA of the loss the divergence stop watches")
     diverge_threshold: float = Field(
         5.0, gt=1.0, description="stop when the EMA loss > threshold x its best"
     )
-    smooth_beta: float = Field(
-        0.9,
-        ge=0.0,
-        lt=1.0,
-        description="the rules read the loss through this EMA run forwards and backwards (no lag)",
+    smooth_beta: _Beta = Field(
+        0.9, description="the rules read the loss through this EMA run forwards and back (no lag)"
     )
     extend_decades: float = Field(
         2.0,
@@ -197,12 +193,7 @@ class RangeTestConfig(_Strict):
         description="a sweep whose loss has not turned by end_lr goes on at the same rate for up "
         "to this many decades of LR (0: never)",
     )
-    val_every: int = Field(
-        10,
-        ge=0,
-        description="measure validation accuracy every k steps, for the super-convergence "
-        "verdict (0: never)",
-    )
+    val_every: int = Field(10, ge=0, description="validation accuracy every k steps (0: never)")
     val_size: int = Field(512, ge=1, description="size of the fixed validation subset")
     skip_start: int = Field(3, ge=0, description="points left out at the start of the curve")
     repeats: int = Field(
@@ -212,30 +203,16 @@ class RangeTestConfig(_Strict):
         description="sweeps from fresh seeds (seed, seed+1, ...) averaged before the rules run",
     )
     onset_rise: float = Field(
-        0.05,
-        gt=0.0,
-        lt=1.0,
-        description="rule 'onset': the loss has turned where it climbed back this share of "
-        "its drop",
+        0.05, gt=0.0, lt=1.0, description="rule 'onset': turned once back up this share of its drop"
     )
-    onset_fraction: float | None = Field(
-        None,
-        gt=0.0,
-        le=1.0,
-        description="rule 'onset' suggests this share of the turning LR (default per optimizer: "
-        "sgd 0.5, adam and adamw 1)",
+    onset_fraction: _Share | None = Field(
+        None, description="rule 'onset': share of the turning LR (default sgd 0.5, adam/adamw 1)"
     )
-    minimum_fraction: float = Field(
-        0.7,
-        gt=0.0,
-        le=1.0,
-        description="rule 'minimum' suggests this share of the loss-minimum LR (fastai: 0.1)",
+    minimum_fraction: _Share = Field(
+        0.7, description="rule 'minimum': share of the loss-minimum LR (fastai: 0.1)"
     )
-    accuracy_tolerance: float = Field(
-        0.02,
-        ge=0.0,
-        lt=1.0,
-        description="validation accuracy (absolute) that still counts as the peak's plateau",
+    accuracy_tolerance: _Beta = Field(
+        0.02, description="validation accuracy (absolute) that still counts as the peak's plateau"
     )
     # The rule and its settings were chosen on the development cases of
     # benchmarks/lr_suite.py and are reported on its evaluation cases (README, "How the

@@ -27,7 +27,7 @@ ran are recorded. This ratio has no target: it is the price of averaging.
 
 Console output (tqdm, prints) is sent to /dev/null on both sides. The suggestion
 quality (1cycle accuracy at each tool's suggested LR against brute force) is in
-``suggestion_rules.py``.
+``lr_suite.py``.
 
 Run (about 2 minutes):
     python benchmarks/lr_finder_speed.py

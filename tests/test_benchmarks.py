@@ -16,7 +16,7 @@ SCRIPTS = {
     # script -> keys its JSON must hold besides the common ones
     "loop_overhead": {"cases", "repeats", "target"},
     "lr_finder_speed": {"cases", "repeats", "sweep"},
-    "suggestion_rules": {"results", "markdown"},
+    "lr_suite": {"splits", "verdicts", "answers", "markdown"},
     "super_convergence": {"cases"},
     "worker_scaling": {"cases", "repeats", "target"},
     "search_efficiency": {"grid", "runs", "ratio", "ratios"},

@@ -66,15 +66,16 @@ def test_lr_find_prints_every_suggestion_and_writes_png_and_json(tmp_path: Path)
     result = invoke("lr-find", *TINY, "--num-steps", "30", "--repeats", "2", "--out", str(tmp_path))
 
     assert result.exit_code == 0, result.output
-    for rule in ("steepest", "valley", "minimum", "accuracy"):
+    for rule in ("onset", "steepest", "valley", "minimum", "accuracy"):
         assert rule in result.stdout
-    assert "* minimum" in result.stdout  # the default rule is marked
+    assert "* onset" in result.stdout  # the default rule is marked
+    assert "onset and minimum lie" in result.stdout  # their spread, checked at 10x
     assert "mean of 2 sweeps" in result.stdout
     assert "max_lr:" in result.stdout and "super-convergence:" in result.stdout
     png = (tmp_path / "range_test.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 1000
     saved = json.loads((tmp_path / "range_test.json").read_text())
-    assert set(saved["suggestions"]) == {"steepest", "valley", "minimum", "accuracy"}
+    assert set(saved["suggestions"]) == {"onset", "steepest", "valley", "minimum", "accuracy"}
     assert saved["range_config"]["num_steps"] == 30 and saved["max_lr"] > 0
     assert saved["repeats"] == 2
 

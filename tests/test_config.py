@@ -29,7 +29,7 @@ def test_default_train_config_is_valid_and_names_its_defaults() -> None:
 def test_default_range_test_config_is_valid() -> None:
     config = RangeTestConfig()
     assert config.start_lr < config.end_lr
-    assert config.rule == "minimum" and config.repeats == 3
+    assert config.rule == "onset" and config.repeats == 3 and config.val_every == 10
 
 
 def test_pct_start_defaults_per_policy_and_an_explicit_value_wins() -> None:
@@ -116,7 +116,7 @@ def test_assignment_is_validated_too() -> None:
         ({"start_lr": 1.0, "end_lr": 0.5}, ("end_lr", "end_lr=0.5")),
         ({"num_steps": 4}, ("num_steps", "4")),
         ({"diverge_threshold": 1.0}, ("diverge_threshold", "1.0")),
-        ({"rule": "accuracy"}, ("accuracy", "val_every")),
+        ({"rule": "accuracy", "val_every": 0}, ("accuracy", "val_every")),
         ({"mode": "cubic"}, ("mode", "'cubic'")),
     ],
 )

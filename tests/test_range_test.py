@@ -224,22 +224,31 @@ def test_accuracy_rule_returns_last_lr_before_accuracy_falls_below_peak():
     assert suggest_accuracy(lrs, accuracies, tolerance=0.25) == 2.0
 
 
-def test_diagnostic_likely_when_accuracy_holds_to_three_times_steepest():
-    lrs = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
-    accuracies = [0.2, 0.85, 0.9, 0.9, 0.89, 0.3]
-    likely = diagnose_super_convergence(lrs, accuracies, steepest_lr=0.1, tolerance=0.02)
-    assert likely.verdict == "likely"
-    assert likely.plateau_end_lr == 1.0 and likely.ratio == pytest.approx(10.0)
-    assert "likely" in likely.explanation and "10.0x" in likely.explanation
-    unlikely = diagnose_super_convergence(lrs, accuracies, steepest_lr=0.5, tolerance=0.02)
-    assert unlikely.verdict == "unlikely" and unlikely.ratio == pytest.approx(2.0)
-    strict = diagnose_super_convergence(lrs, accuracies, steepest_lr=0.1, factor=20.0)
+def test_diagnostic_likely_when_the_loss_falls_over_a_wide_span_of_lrs():
+    lrs = [10.0**k for k in range(-4, 3)]  # 1e-4 .. 100
+    losses = [2.0, 1.9, 1.0, 0.5, 0.3, 0.2, 3.0]  # half the drop (1.1) reached at 1e-2
+    wide = diagnose_super_convergence(lrs, losses, turn_lr=10.0)
+    assert wide.verdict == "likely" and wide.descent_lr == 0.01
+    assert wide.span == pytest.approx(3.0) and "3.00 decades" in wide.explanation
+    narrow = diagnose_super_convergence(lrs, losses, turn_lr=0.1)
+    assert narrow.verdict == "unlikely" and narrow.span == pytest.approx(1.0)
+    strict = diagnose_super_convergence(lrs, losses, turn_lr=10.0, span=3.5)
     assert strict.verdict == "unlikely"
+    accuracies = [0.2, 0.85, 0.9, 0.9, 0.89, 0.3]
+    shown = diagnose_super_convergence(lrs, losses, 10.0, lrs[:6], accuracies, tolerance=0.02)
+    assert shown.plateau_end_lr == 1.0 and "up to LR 1" in shown.explanation
 
 
-def test_diagnostic_unknown_without_validation_accuracy():
-    diagnostic = diagnose_super_convergence([], [], steepest_lr=0.1)
-    assert diagnostic.verdict == "unknown" and diagnostic.ratio is None
+def test_diagnostic_unknown_when_the_loss_never_fell():
+    diagnostic = diagnose_super_convergence([0.1, 1.0, 10.0], [1.0, 1.0, 1.0], turn_lr=10.0)
+    assert diagnostic.verdict == "unknown" and diagnostic.span is None
+    assert diagnose_super_convergence([0.1, 1.0], [1.0, 0.5], turn_lr=None).verdict == "unknown"
+
+
+def test_super_convergence_read_from_an_older_result_keeps_its_verdict():
+    old = {"verdict": "likely", "steepest_lr": 0.1, "ratio": 4.0, "explanation": "x"}
+    restored = SuperConvergence.from_dict(old)
+    assert restored.verdict == "likely" and restored.span is None
 
 
 # --------------------------------------------------------------------------- real sweeps
@@ -276,7 +285,9 @@ def test_a_curve_that_never_turns_raises_one_line(digits):
     # Full-batch steps without dropout: the loss falls smoothly all the way to end_lr.
     full_batch = DIGITS.model_copy(update={"batch_size": len(digits.x_train), "dropout": 0.0})
     config = RangeTestConfig(start_lr=1e-4, end_lr=1e-2, extend_decades=0, num_steps=20)
-    with pytest.raises(RangeTestError, match="still falling at LR 0.01.*extend_decades") as caught:
+    with pytest.raises(
+        RangeTestError, match=r"still falling at LR 0\.01.*extend_decades"
+    ) as caught:
         find_max_lr(full_batch, config, data=digits)
     assert "\n" not in str(caught.value)
 
@@ -499,7 +510,8 @@ def test_find_max_lr_chooses_the_configured_rule(digits, rule):
     assert result.batch_size == DIGITS.batch_size
     assert set(result.suggestions) == set(SUGGESTION_RULES)
     assert result.suggestions["accuracy"] is None  # no validation was measured
-    assert result.diagnostic.verdict == "unknown"
+    assert result.diagnostic.verdict in ("likely", "unlikely")  # read off the loss
+    assert result.diagnostic.peak_accuracy is None
 
 
 def test_plot_marks_every_suggestion_and_names_batch_size_and_verdict(digits, tmp_path):

@@ -20,19 +20,30 @@ class RangeTestError(ConfigError):
 
 @dataclass(frozen=True)
 class SuperConvergence:
-    """Whether validation accuracy holds its peak far past the steepest-descent LR.
+    """Whether the loss keeps falling over a wide span of LRs (super-convergence looks possible).
 
-    ``verdict`` is ``"likely"``, ``"unlikely"`` or ``"unknown"`` (no validation
-    accuracy was measured, or the loss never descended).
+    ``verdict`` is ``"likely"``, ``"unlikely"`` or ``"unknown"`` (the loss never
+    fell). ``span`` is the number of decades of LR from ``descent_lr`` (where the
+    smoothed loss has made half its drop) to ``turn_lr`` (where it turns). The
+    accuracy fields describe the validation curve when one was measured.
     """
 
     verdict: str
+    descent_lr: float | None
+    turn_lr: float | None
+    span: float | None
     peak_accuracy: float | None
     peak_lr: float | None
     plateau_end_lr: float | None
-    steepest_lr: float | None
-    ratio: float | None
     explanation: str
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SuperConvergence:
+        """Rebuild from ``asdict`` output; fields an older version did not store are None."""
+        values: dict[str, Any] = {item.name: d.get(item.name) for item in fields(cls)}
+        values["verdict"] = str(d.get("verdict", "unknown"))
+        values["explanation"] = str(d.get("explanation", ""))
+        return cls(**values)
 
 
 @dataclass
@@ -79,5 +90,5 @@ class RangeTestResult:
         values["val_steps"] = [int(step) for step in values["val_steps"]]
         values["suggestions"] = dict(values["suggestions"])
         values["warnings"] = list(values.get("warnings", []))
-        values["diagnostic"] = SuperConvergence(**values["diagnostic"])
+        values["diagnostic"] = SuperConvergence.from_dict(values["diagnostic"])
         return cls(**values)

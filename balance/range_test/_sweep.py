@@ -271,8 +271,17 @@ def _result(
         found,
         distrust=is_flat(sweep.lrs, smoothed, config.skip_start),
     )
+    turn_lr = suggest_onset(
+        sweep.lrs, smoothed, skip_start=config.skip_start, rise=config.onset_rise
+    )
     diagnostic = diagnose_super_convergence(
-        val_lrs, sweep.val_accuracies, suggestions["steepest"], tolerance=config.accuracy_tolerance
+        sweep.lrs,
+        smoothed,
+        stopped_at if turn_lr is None else turn_lr,
+        val_lrs,
+        sweep.val_accuracies,
+        skip_start=config.skip_start,
+        tolerance=config.accuracy_tolerance,
     )
     for message in found:
         warnings.warn(message, RangeTestWarning, stacklevel=3)

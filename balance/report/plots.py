@@ -68,7 +68,13 @@ def draw_range_test(ax: Axes, result: RangeTestResult) -> None:
         warnings.warn("range test result has no finite points to plot", stacklevel=3)
         return
     ax.plot(result.lrs, result.losses, color="tab:blue", alpha=0.3, linewidth=1, label="loss")
-    ax.plot(result.lrs, result.smoothed, color="tab:blue", linewidth=2, label="smoothed loss")
+    ax.plot(
+        result.lrs,
+        result.smoothed,
+        color="tab:blue",
+        linewidth=2,
+        label="smoothed loss (zero-phase)",
+    )
     ax.set_ylim(*_loss_limits(result))
     ax.axvspan(
         result.min_lr,

@@ -21,7 +21,7 @@ TEST_SIZE = 2000
 
 
 def tabular() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Tabular: 30 mixed-scale features (12 informative, 6 redundant), 5 classes, 3% flipped labels."""
+    """Tabular: 30 features on mixed scales (12 informative, 6 redundant), 5 classes, 3% noise."""
     x, y = make_classification(
         n_samples=8000,
         n_features=30,
