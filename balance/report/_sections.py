@@ -22,6 +22,7 @@ from balance.analysis import (
     regularizer_effects,
 )
 from balance.config import FloatRange, StudyConfig
+from balance.range_test import SUGGESTION_RULES
 from balance.record import StudyRecord
 from balance.report import _data as data
 from balance.report import heatmaps, plots
@@ -75,12 +76,7 @@ def range_test_section(record: StudyRecord) -> dict[str, Any]:
         table = data.range_test_table(tests)
         section["range_table"] = _html_table(
             table,
-            {
-                **{
-                    column: _lr
-                    for column in ("steepest", "valley", "minimum", "accuracy", "max_lr", "min_lr")
-                }
-            },
+            {**{column: _lr for column in (*SUGGESTION_RULES, "max_lr", "min_lr")}},
         )
     return section
 

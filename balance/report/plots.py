@@ -22,6 +22,7 @@ from balance.range_test import RangeTestResult
 from balance.schedule import ScheduleTrace
 
 RULE_COLORS = {
+    "onset": "tab:brown",
     "steepest": "tab:orange",
     "valley": "tab:green",
     "minimum": "tab:purple",
