@@ -22,7 +22,15 @@ from typing import (
 import typer
 from pydantic import BaseModel, ValidationError
 
-from balance.cli_flags import RANGE, RANGE_IF_NEEDED, RUN, SCHEDULE, build_models, config_options
+from balance.cli_flags import (
+    PROBED,
+    RANGE,
+    RANGE_IF_NEEDED,
+    RUN,
+    SCHEDULE,
+    build_models,
+    config_options,
+)
 from balance.config import ConfigError, RangeTestConfig, TrainConfig, format_validation_error
 from balance.jsonable import write_json
 
@@ -103,9 +111,17 @@ def print_range_test(result: "RangeTestResult") -> None:
         typer.echo(
             f"  onset and minimum lie {result.rule_spread:.1f}x apart (over 10x: distrusted)"
         )
-    typer.echo(
-        f"max_lr: {_number(result.max_lr)} (rule {result.rule})  min_lr: {_number(result.min_lr)}"
-    )
+    if result.probes:
+        typer.echo(
+            f"probes (complete runs; the best validation accuracy gives max_lr; the "
+            f"curve said {_number(result.curve_max_lr)}):"
+        )
+        for probe in result.probes:
+            shown = "diverged" if probe.val_accuracy is None else f"{probe.val_accuracy:.4f}"
+            chosen = "*" if probe.lr == result.max_lr else " "
+            typer.echo(f"  {chosen} lr {_number(probe.lr)}  val {shown}  ({probe.steps} steps)")
+    source = f"rule {result.rule}" + (", then probes" if result.probes else "")
+    typer.echo(f"max_lr: {_number(result.max_lr)} ({source})  min_lr: {_number(result.min_lr)}")
     typer.echo(f"super-convergence: {result.diagnostic.verdict}")
     typer.echo(f"  {result.diagnostic.explanation}")
     for warning in result.warnings:
@@ -116,12 +132,19 @@ def run_range_test(
     train_config: TrainConfig, range_config: RangeTestConfig, out: Path
 ) -> "RangeTestResult":
     """Run the range test, print it, and write range_test.png and range_test.json into ``out``."""
-    from balance.range_test import RangeTestWarning, find_max_lr
-    from balance.report import plot_range_test, save_figure
+    from tqdm import tqdm
 
-    with warnings.catch_warnings(), user_errors():
+    from balance.range_test import RangeTestWarning
+    from balance.report import plot_range_test, save_figure
+    from balance.train import choose_max_lr
+
+    with (
+        warnings.catch_warnings(),
+        user_errors(),
+        tqdm(total=range_config.probes, desc="probes", unit="run", disable=None) as bar,
+    ):
         warnings.simplefilter("ignore", RangeTestWarning)  # printed below from result.warnings
-        result = find_max_lr(train_config, range_config)
+        result = choose_max_lr(train_config, range_config, progress=lambda _: bar.update())
     print_range_test(result)
     out.mkdir(parents=True, exist_ok=True)
     save_figure(plot_range_test(result), out / "range_test.png")
@@ -141,7 +164,7 @@ def run_range_test(
 
 
 @app.command("lr-find")
-@config_options(RUN, RANGE)
+@config_options(RUN, PROBED, RANGE)
 def lr_find(
     *,
     out: Annotated[Path, typer.Option(help="folder for range_test.png and range_test.json")] = Path(
@@ -149,7 +172,7 @@ def lr_find(
     ),
     **values: Any,
 ) -> None:
-    """Run the LR range test: print every suggested max LR and the super-convergence verdict."""
+    """Run the LR range test and its probes: print every suggested max LR and the verdict."""
     train_config, range_config = validate(values, TrainConfig, RangeTestConfig)
     run_range_test(train_config, range_config, out)
 

@@ -36,6 +36,8 @@ RUN: Group = ("", TrainConfig, COMMON)
 SCHEDULE: Group = ("", TrainConfig, TRAIN_ONLY)
 RANGE: Group = ("", RangeTestConfig, tuple(RangeTestConfig.model_fields))
 RANGE_IF_NEEDED: Group = ("range test, only without --max-lr: ", *RANGE[1:])
+# The range test's probes train the run these describe (its budget and schedule).
+PROBED: Group = ("probes: ", TrainConfig, tuple(name for name in TRAIN_ONLY if name != "max_lr"))
 
 
 def _flag(name: str) -> str:

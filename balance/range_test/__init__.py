@@ -23,6 +23,7 @@ Example:
 
 from balance.range_test._diagnostics import curve_warnings, diagnose_super_convergence
 from balance.range_test._result import (
+    Probe,
     RangeTestError,
     RangeTestResult,
     RangeTestWarning,
@@ -44,6 +45,7 @@ from balance.range_test._sweep import find_max_lr, range_test, sweep_lrs
 
 __all__ = [
     "SUGGESTION_RULES",
+    "Probe",
     "RangeTestError",
     "RangeTestResult",
     "RangeTestWarning",

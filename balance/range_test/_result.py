@@ -46,6 +46,18 @@ class SuperConvergence:
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class Probe:
+    """One confirmation run: a complete 1cycle training at ``lr``, its final validation accuracy.
+
+    ``val_accuracy`` is ``None`` when the run diverged.
+    """
+
+    lr: float
+    val_accuracy: float | None
+    steps: int
+
+
 @dataclass
 class RangeTestResult:
     """Curves, suggestions, chosen LRs, diagnostic and warnings of one range test.
@@ -75,6 +87,8 @@ class RangeTestResult:
     warnings: list[str] = field(default_factory=list)
     repeats: int = 1
     rule_spread: float | None = None  # largest / smallest answer of the max-LR rules
+    curve_max_lr: float | None = None  # the curve's answer, when probes then chose max_lr
+    probes: list[Probe] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A dict that strict JSON accepts: non-finite floats become ``None``."""
@@ -91,4 +105,5 @@ class RangeTestResult:
         values["suggestions"] = dict(values["suggestions"])
         values["warnings"] = list(values.get("warnings", []))
         values["diagnostic"] = SuperConvergence.from_dict(values["diagnostic"])
+        values["probes"] = [Probe(**probe) for probe in values.get("probes", [])]
         return cls(**values)

@@ -9,8 +9,9 @@ import optuna
 from balance import record
 from balance.config import StudyConfig
 from balance.data import Dataset
-from balance.range_test import RangeTestResult, find_max_lr
+from balance.range_test import RangeTestResult
 from balance.record import StageOne
+from balance.train import choose_max_lr
 
 
 def fit_max_lrs(
@@ -31,12 +32,12 @@ def fit_max_lrs(
     if base.max_lr is None and config.lr_scaling == "range-test":
         for size in sizes:
             sized = base.model_copy(update={"batch_size": size})
-            tests[size] = find_max_lr(sized, config.range_test, data=data)
+            tests[size] = choose_max_lr(sized, config.range_test, data=data)
         return {size: tests[size].max_lr for size in sizes}, tests
     if base.max_lr is not None:
         reference = base.max_lr
     else:
-        tests[base.batch_size] = find_max_lr(base, config.range_test, data=data)
+        tests[base.batch_size] = choose_max_lr(base, config.range_test, data=data)
         reference = tests[base.batch_size].max_lr
     return {
         size: scale_lr(reference, base.batch_size, size, config.lr_scaling) for size in sizes
