@@ -196,7 +196,7 @@ def train_command(
         found = run_range_test(config, range_config, out)
         typer.echo(f"max_lr: not given; using {found.max_lr:.4g} from the LR range test")
         config = config.model_copy(update={"max_lr": found.max_lr})
-        max_lr_source = f"range test, rule {found.rule}"
+        max_lr_source = f"range test, rule {found.rule}" + (", then probes" if found.probes else "")
 
     typer.echo(
         f"training {config.model} on {config.data}: policy {config.policy}, "

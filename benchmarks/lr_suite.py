@@ -1,15 +1,17 @@
 """The LR-selection suite: does a max-LR rule hold on problems it was not tuned on?
 
-Sixteen cases vary the data (MNIST-1D sequences, digits images, a synthetic
+Twenty-four cases vary the data (MNIST-1D sequences, digits images, a synthetic
 table, synthetic spirals), the model (MLPs of width 64 and 512, a 1-D CNN, a
 small convnet), the optimizer (SGD with momentum, Adam, AdamW), the batch size
-(16 to 512) and the budget. The cases are split into **development** (rules and
+(16 to 512) and the budget. They are split into **development** (rules and
 defaults are chosen there) and **evaluation** (reported only); the split is
-written below and was fixed before any rule was scored.
+written below, with its history: the first evaluation set was scored once, on
+the curve-only default, and then became development, and a new evaluation set
+was fixed before the probes were tuned.
 
 For each case the reference is a brute force under the same 1cycle policy: at
 least 13 max LRs on a quarter-decade log grid (extended while the best sits at
-an edge), 4 seeds each, final validation accuracy on a split of 431 to 1,500
+an end), 4 seeds each, final validation accuracy on a split of 431 to 1,500
 examples. A method's score on a case is the reference's mean accuracy at the LR
 it suggests, read by linear interpolation in log LR (an LR outside the measured
 range is trained directly, 4 seeds, and joins the reference); its **regret** is
@@ -17,22 +19,24 @@ the best reference mean minus that score, in points. Every method is scored on
 the same reference, so its own noise moves all methods together; the interval
 beside each mean regret resamples the reference seeds (bootstrap, 90%).
 
-Methods: balance's default (``find_max_lr`` as it ships, 3 seeds), every other
-balance rule read off the same range tests, torch-lr-finder's steepest point
-(one 100-step sweep from 1e-7 to 10, its defaults, ``plot(suggest_lr=True)``),
-and fastai's ``valley`` and ``minimum`` (a tenth of the loss-minimum LR) on a
-sweep with fastai's ``lr_find`` defaults (1e-7 to 10 in 100 steps, EMA 0.98,
-stop at 4x the best loss, the first tenth and last 5 points left out), run by
-balance's own loop since fastai is not installed.
+Methods: balance's default (``choose_max_lr`` as it ships: the curve's answer,
+then 5 probes; 3 seeds), the curve's answer alone, every other balance rule read
+off the same range tests, torch-lr-finder's steepest point (one 100-step sweep
+from 1e-7 to 10, its defaults, ``plot(suggest_lr=True)``), and fastai's
+``valley`` and ``minimum`` (a tenth of the loss-minimum LR) on a sweep with
+fastai's ``lr_find`` defaults (1e-7 to 10 in 100 steps, EMA 0.98, stop at 4x the
+best loss, the first tenth and last 5 points left out), run by balance's own
+loop since fastai is not installed. The same run measures the super-convergence
+verdict against speed-ups (``VERDICT_CASES``).
 
 The caches under ``benchmarks/results/lr_suite/`` keep every training and every
 raw sweep (case, seed, LR), so re-scoring a rule costs nothing. Run:
 
-    python benchmarks/lr_suite.py reference   # the brute force (about 25 min on 2 cores)
+    python benchmarks/lr_suite.py reference   # the brute force (about 40 min on 2 cores)
     python benchmarks/lr_suite.py sweeps      # raw range tests of every case (about 5 min)
-    python benchmarks/lr_suite.py tune        # candidate rules on the development cases
-    python benchmarks/lr_suite.py evaluate    # the report: evaluation cases, every method
-    python benchmarks/lr_suite.py verdict     # super-convergence verdict against speed-ups
+    python benchmarks/lr_suite.py tune        # curve rules on the development cases
+    python benchmarks/lr_suite.py probes      # probe settings on the development cases
+    python benchmarks/lr_suite.py             # the report: every method, every case (~15 min)
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -59,8 +63,9 @@ from balance.config import ConfigError, RangeTestConfig, TrainConfig
 from balance.data import Dataset, load_dataset
 from balance.loop import prepare
 from balance.optim import build_optimizer
-from balance.range_test import RangeTestWarning, find_max_lr
-from balance.range_test._rules import (
+from balance.range_test import (
+    RangeTestWarning,
+    find_max_lr,
     rule_curve,
     smooth,
     suggest_minimum,
@@ -68,7 +73,7 @@ from balance.range_test._rules import (
     suggest_steepest,
     suggest_valley,
 )
-from balance.train import train
+from balance.train import choose_max_lr, probe_lrs, train
 
 NAME = "lr_suite"
 CACHE = RESULTS / "lr_suite"
@@ -743,21 +748,24 @@ def run_tune(
 
 
 def balance_default(config: TrainConfig, seed: int) -> dict[str, Any]:
-    """``find_max_lr`` exactly as it ships (default ``RangeTestConfig``) at ``seed``."""
+    """``choose_max_lr`` exactly as it ships (default ``RangeTestConfig``: curve, then probes)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RangeTestWarning)
         try:
-            result = find_max_lr(config.model_copy(update={"seed": seed}), data=data_of(config))
+            result = choose_max_lr(config.model_copy(update={"seed": seed}), data=data_of(config))
         except ConfigError as error:
-            return {"max_lr": None, "error": str(error)}
+            return {"max_lr": None, "curve_max_lr": None, "error": str(error)}
     return {
         "max_lr": result.max_lr,
+        "curve_max_lr": result.curve_max_lr,
+        "probes": [asdict(probe) for probe in result.probes],
         "rule": result.rule,
         "suggestions": result.suggestions,
         "verdict": result.diagnostic.verdict,
         "diagnostic": result.diagnostic.explanation,
         "warnings": result.warnings,
         "steps": len(result.lrs),
+        "probe_steps": sum(probe.steps for probe in result.probes),
     }
 
 
@@ -793,6 +801,7 @@ def methods_of(answers: dict[int, dict[str, Any]]) -> dict[str, list[float | Non
     for seed in SUGGESTION_SEEDS:
         found = answers[seed]
         methods.setdefault("balance default", []).append(found["balance"]["max_lr"])
+        methods.setdefault("balance curve only", []).append(found["balance"].get("curve_max_lr"))
         for rule, lr in found["balance"].get("suggestions", {}).items():
             methods.setdefault(f"balance {rule}", []).append(lr)
         methods.setdefault("torch-lr-finder", []).append(found["torch-lr-finder"]["lr"])
@@ -1113,6 +1122,52 @@ def run_verdict(cache: Cache, jobs: int) -> None:
     print(verdict_markdown(verdict_rows(cache, jobs, answers)))
 
 
+# -- tuning the probes on the development cases, from the brute force -------------------
+
+PROBE_SETTINGS = [(step, count) for step in (0.25, 0.5) for count in (3, 5, 7)]
+
+
+def replayed_probe_regret(
+    runs: dict[float, list[float]], centres: list[float], step: float, count: int
+) -> float:
+    """Regret of probes replayed from the brute force, mean over the suggestion seeds.
+
+    A probe at LR x with seed s is the reference run of seed s at the grid LR nearest
+    x (the grid is a quarter decade apart); the chosen LR is scored on the mean of the
+    other seeds, so a lucky probe seed earns nothing.
+    """
+    lrs = np.array(sorted(runs))
+    lost = []
+    for seed, centre in zip(SUGGESTION_SEEDS, centres, strict=True):
+        others = [s for s in range(len(REFERENCE_SEEDS)) if s != seed]
+        mean = {lr: float(np.mean([runs[lr][s] for s in others])) for lr in lrs}
+        tried = {
+            float(lrs[int(np.argmin(abs(np.log10(lrs) - math.log10(lr))))])
+            for lr in probe_lrs(centre, count, step)
+        }
+        chosen = max(tried, key=lambda lr: runs[lr][seed])
+        lost.append(100.0 * (max(mean.values()) - mean[chosen]))
+    return float(np.mean(lost))
+
+
+def run_probe_tuning(cache: Cache, sweeps: Cache) -> None:
+    """Probe spacing and number against the curve's answer alone, development cases only."""
+    rows: dict[str, list[float]] = {}
+    for case in cases_of("dev"):
+        runs = reference_curve(cache, case)
+        key = "zero-phase0.9 onset0.05 " + ("x0.5" if family(case) == "sgd" else "x1")
+        centres = [candidate_lrs(sweeps, case, seed)[key] or 1e-3 for seed in SUGGESTION_SEEDS]
+        rows.setdefault("curve only", []).append(replayed_probe_regret(runs, centres, 0.5, 1))
+        for step, count in PROBE_SETTINGS:
+            label = f"{count} probes {step:g} decades apart"
+            rows.setdefault(label, []).append(replayed_probe_regret(runs, centres, step, count))
+    for label, values in rows.items():
+        print(
+            f"{label:28s} mean {np.mean(values):5.2f} median {np.median(values):5.2f} "
+            f"worst {max(values):5.2f}"
+        )
+
+
 def time_cases(cases: list[Case]) -> None:
     """One run per case at its grid's middle LR: seconds and steps, to size the budgets."""
     for case in cases:
@@ -1149,7 +1204,16 @@ def main(argv: list[str] | None = None) -> int:
         "part",
         nargs="?",
         default="evaluate",
-        choices=["time", "reference", "sweeps", "tune", "devcheck", "evaluate", "verdict"],
+        choices=[
+            "time",
+            "reference",
+            "sweeps",
+            "tune",
+            "probes",
+            "devcheck",
+            "evaluate",
+            "verdict",
+        ],
     )
     arguments.add_argument("--cases", nargs="+", choices=sorted(CASES), default=None)
     arguments.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
@@ -1168,6 +1232,8 @@ def main(argv: list[str] | None = None) -> int:
         run_sweeps(cases, sweeps, jobs)
     elif args.part == "tune":
         run_tune(reference, sweeps, jobs, train_missing=not args.no_train)
+    elif args.part == "probes":
+        run_probe_tuning(reference, sweeps)
     elif args.part == "devcheck":
         run_devcheck(reference, jobs)
     elif args.part == "verdict":

@@ -63,7 +63,10 @@ def test_flags_left_out_keep_the_config_defaults(tmp_path: Path) -> None:
 
 
 def test_lr_find_prints_every_suggestion_and_writes_png_and_json(tmp_path: Path) -> None:
-    result = invoke("lr-find", *TINY, "--num-steps", "30", "--repeats", "2", "--out", str(tmp_path))
+    result = invoke(
+        "lr-find", *TINY, "--num-steps", "30", "--repeats", "2", "--epochs", "1", "--probes", "3",
+        "--out", str(tmp_path),
+    )  # fmt: skip
 
     assert result.exit_code == 0, result.output
     for rule in ("onset", "steepest", "valley", "minimum", "accuracy"):
@@ -78,6 +81,12 @@ def test_lr_find_prints_every_suggestion_and_writes_png_and_json(tmp_path: Path)
     assert set(saved["suggestions"]) == {"onset", "steepest", "valley", "minimum", "accuracy"}
     assert saved["range_config"]["num_steps"] == 30 and saved["max_lr"] > 0
     assert saved["repeats"] == 2
+    # Three one-epoch probes around the curve's answer; the best on validation is max_lr.
+    assert result.stdout.count(" lr ") == 3 and "(rule onset, then probes)" in result.stdout
+    probes = saved["probes"]
+    assert len(probes) == 3 and all(probe["steps"] == 13 for probe in probes)  # 1,293 / 100
+    best = max(probes, key=lambda probe: probe["val_accuracy"] or -1.0)
+    assert saved["max_lr"] == best["lr"] and probes[1]["lr"] == saved["curve_max_lr"]
 
 
 def test_train_without_max_lr_takes_it_from_the_range_test(tmp_path: Path) -> None:
@@ -189,11 +198,10 @@ def flags_of(*models: type, skip: tuple[str, ...] = ()) -> set[str]:
 
 def test_every_config_field_has_a_flag_of_the_same_name() -> None:
     # Exact sets, so --data cannot pass for --data-path, nor --mode for --model.
-    schedule = ("policy", "max_lr", "epochs", "final_div_factor", "pct_start")
-    schedule += ("base_momentum", "max_momentum")
     own = {"--out", "--help"}
     assert help_flags("train") == flags_of(TrainConfig, RangeTestConfig) | own | {"--quiet"}
-    assert help_flags("lr-find") == flags_of(TrainConfig, RangeTestConfig, skip=schedule) | own
+    # lr-find takes the schedule and budget too: its probes train the run they describe.
+    assert help_flags("lr-find") == flags_of(TrainConfig, RangeTestConfig, skip=("max_lr",)) | own
 
 
 def test_console_script_runs_in_a_real_process() -> None:

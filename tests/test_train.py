@@ -14,8 +14,8 @@ from torch import nn
 from balance.config import ConfigError, RangeTestConfig, TrainConfig
 from balance.data import Dataset
 from balance.optim import build_optimizer, parameter_groups
-from balance.range_test import find_max_lr
-from balance.train import EpochMetrics, TrainResult, train
+from balance.range_test import RangeTestResult, RangeTestWarning, find_max_lr
+from balance.train import EpochMetrics, TrainResult, choose_max_lr, probe_lrs, train
 
 
 def _config(**options: Any) -> TrainConfig:
@@ -114,13 +114,50 @@ def test_batch_size_larger_than_the_training_split_is_a_config_error(digits: Dat
 def test_max_lr_none_runs_the_range_test_and_trains_at_its_answer(digits: Dataset) -> None:
     # The same meaning as `balance train` without --max-lr: the range test chooses max_lr.
     # A non-default rule, so a range_config that train() ignored would fail here.
-    range_config = RangeTestConfig(num_steps=30, repeats=1, rule="steepest")
+    range_config = RangeTestConfig(num_steps=30, repeats=1, rule="steepest", probes=0)
     result = train(_config(max_lr=None), data=digits, range_config=range_config)
     found = find_max_lr(_config(max_lr=None), range_config, data=digits)
     assert result.range_test is not None and result.range_test.rule == "steepest"
     assert result.max_lr == found.max_lr == found.suggestions["steepest"]
     assert result.lr_trace[0] == pytest.approx(found.max_lr / 25.0)  # 1cycle starts at max/div
     assert result.to_dict()["range_test"]["max_lr"] == found.max_lr
+
+
+def test_probe_lrs_lie_half_a_decade_apart_around_the_centre() -> None:
+    root = 10**0.5
+    assert probe_lrs(0.1, 5, 0.5) == pytest.approx([0.01, 0.1 / root, 0.1, 0.1 * root, 1.0])
+    assert probe_lrs(0.1, 1, 0.5) == [0.1]
+
+
+def test_probes_train_the_run_and_the_best_on_validation_becomes_max_lr(
+    digits: Dataset,
+) -> None:
+    range_config = RangeTestConfig(num_steps=30, repeats=1, probes=3)
+    curve = find_max_lr(_config(max_lr=None), range_config, data=digits)
+    chosen = choose_max_lr(_config(max_lr=None), range_config, data=digits)
+    assert chosen.curve_max_lr == curve.max_lr
+    assert [probe.lr for probe in chosen.probes] == pytest.approx(probe_lrs(curve.max_lr, 3, 0.5))
+    for probe in chosen.probes:  # each probe is the run train() would do at its LR
+        run = train(_config(max_lr=probe.lr), data=digits)
+        assert probe.steps == run.steps == 21
+        assert probe.val_accuracy == (None if run.diverged else run.final.val_accuracy)
+    best = max(chosen.probes, key=lambda probe: probe.val_accuracy or -1.0)
+    assert chosen.max_lr == best.lr and chosen.min_lr == pytest.approx(best.lr / 25.0)
+    back = RangeTestResult.from_dict(json.loads(json.dumps(chosen.to_dict())))
+    assert back.probes == chosen.probes
+
+
+def test_when_every_probe_diverges_the_curves_answer_stays_and_a_warning_says_so(
+    digits: Dataset,
+) -> None:
+    # The sweep diverges at once and falls back to start_lr = 1e4: every probe diverges too.
+    range_config = RangeTestConfig(
+        start_lr=1e4, end_lr=1e9, num_steps=20, repeats=1, probes=2, probe_step=0.1
+    )
+    with pytest.warns(RangeTestWarning, match="every probe diverged"):
+        chosen = choose_max_lr(_config(max_lr=None), range_config, data=digits)
+    assert all(probe.val_accuracy is None for probe in chosen.probes)
+    assert chosen.max_lr == chosen.curve_max_lr
 
 
 def test_augment_on_non_image_data_is_a_config_error(digits: Dataset) -> None:

@@ -134,7 +134,7 @@ def budget_words(config: StudyConfig, steps: dict[int, int]) -> str:
 
 
 def range_test_table(tests: dict[int, RangeTestResult]) -> pd.DataFrame:
-    """One row per batch size: every rule's suggestion, the chosen rule and LRs, the verdict."""
+    """One row per batch size: every rule's suggestion, the curve's answer, the probes, the LRs."""
     rows = []
     for size, test in tests.items():
         rows.append(
@@ -142,6 +142,8 @@ def range_test_table(tests: dict[int, RangeTestResult]) -> pd.DataFrame:
                 "batch_size": size,
                 **{f"{rule}": lr for rule, lr in test.suggestions.items()},
                 "rule": test.rule,
+                "curve_max_lr": test.curve_max_lr,
+                "probes": len(test.probes),
                 "max_lr": test.max_lr,
                 "min_lr": test.min_lr,
                 "super_convergence": test.diagnostic.verdict,

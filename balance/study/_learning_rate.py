@@ -20,7 +20,8 @@ def fit_max_lrs(
     """Max LR for every batch size of the study, and the range tests behind them.
 
     ``range-test`` runs one test per batch size (the LR must follow the batch
-    size). ``linear`` and ``sqrt`` run one test at ``train.batch_size`` and scale
+    size), each confirmed by its probes (:func:`balance.train.choose_max_lr`).
+    ``linear`` and ``sqrt`` run one test at ``train.batch_size`` and scale
     from it; ``none`` uses that LR for every size. A ``train.max_lr`` given in the
     study file replaces the range test: it is the LR at ``train.batch_size``.
     """
