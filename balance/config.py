@@ -214,13 +214,10 @@ class RangeTestConfig(_Strict):
     accuracy_tolerance: _Beta = Field(
         0.02, description="validation accuracy (absolute) that still counts as the peak's plateau"
     )
-    probes: int = Field(
-        5, ge=0, le=15, description="1cycle runs around the curve's answer; best on validation wins"
-    )
+    probes: int = Field(5, ge=0, le=15, description="1cycle runs around it; best validation wins")
     probe_step: float = Field(0.5, gt=0.0, le=2.0, description="decades between probe LRs")
-    # The rule and its settings were chosen on the development cases of
-    # benchmarks/lr_suite.py and are reported on its evaluation cases (README, "How the
-    # max LR is chosen").
+    # Chosen on the development cases of benchmarks/lr_suite.py, reported on its
+    # evaluation cases (README, "How the max LR is chosen").
     rule: SuggestionRule = Field("onset", description="suggestion used as max_lr")
 
     @model_validator(mode="after")

@@ -59,7 +59,7 @@ def test_rerun_resumes_without_repeating_cells_or_the_range_test(
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("stage 1 ran again on resume")
 
-    monkeypatch.setattr(learning_rate_module, "find_max_lr", refuse)
+    monkeypatch.setattr(learning_rate_module, "choose_max_lr", refuse)
     sweep(config, root=tmp_path)
     study = load(config, tmp_path)
     assert len(study.trials) == 4
