@@ -25,8 +25,8 @@ DEFAULT_MINIMUM_FRACTION: float = RangeTestConfig.model_fields["minimum_fraction
 DEFAULT_ONSET_RISE: float = RangeTestConfig.model_fields["onset_rise"].default
 """Share of its drop the loss climbs back where the ``onset`` rule says it turned."""
 
-ONSET_FRACTIONS = {"sgd": 0.5, "adam": 1.0, "adamw": 1.0}
-"""Share of the turning LR the ``onset`` rule suggests, per optimizer.
+ONSET_FRACTIONS = {"sgd": 0.5, "adam": 1.0}
+"""Share of the turning LR the ``onset`` rule suggests, per optimizer family (AdamW is "adam").
 
 Chosen on the development cases of ``benchmarks/lr_suite.py``: under SGD the
 best 1cycle peak lay about half the divergence onset; under Adam and AdamW,

@@ -228,7 +228,10 @@ def _result(
     """Smooth the curve, ask every rule, choose ``max_lr``, diagnose and warn."""
     smoothed = rule_curve(sweep.losses, config.smooth_beta, config.skip_start)
     stopped_at = None if sweep.diverged_at is None else sweep.lrs[sweep.diverged_at]
-    if stopped_at is None and not turned(sweep.lrs, sweep.losses, config):
+    turn_lr = suggest_onset(
+        sweep.lrs, smoothed, skip_start=config.skip_start, rise=config.onset_rise
+    )
+    if stopped_at is None and turn_lr is None:
         raise RangeTestError(
             f"the loss was still falling at LR {sweep.lrs[-1]:.3g}, where the sweep ended "
             f"(end_lr x 10**extend_decades={config.extend_decades:g}): a curve that never "
@@ -270,9 +273,6 @@ def _result(
         config.start_lr,
         found,
         distrust=is_flat(sweep.lrs, smoothed, config.skip_start),
-    )
-    turn_lr = suggest_onset(
-        sweep.lrs, smoothed, skip_start=config.skip_start, rise=config.onset_rise
     )
     diagnostic = diagnose_super_convergence(
         sweep.lrs,
