@@ -60,3 +60,29 @@ def mlp64(input_shape: tuple[int, ...], num_classes: int, dropout: float) -> nn.
 def mlp512(input_shape: tuple[int, ...], num_classes: int, dropout: float) -> nn.Module:
     """A wide ReLU MLP: two hidden layers of 512."""
     return mlp(input_shape, num_classes, dropout, width=512)
+
+
+def waves() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sequences: 6 classes (sine, square, sawtooth x 2 frequency bands), 64 steps, noisy.
+
+    Random phase, amplitude, frequency within the band, a random offset and additive
+    Gaussian noise; shaped ``(1, 64)`` for a 1-D CNN. Added with the second evaluation
+    set, so no rule or default was chosen on it.
+    """
+    rng = np.random.default_rng(2)
+    n, length = 8000, 64
+    y = rng.integers(0, 6, size=n)
+    shape, band = y % 3, y // 3
+    frequency = np.where(band == 0, rng.uniform(1.5, 3.0, n), rng.uniform(3.0, 6.0, n))
+    phase = rng.uniform(0.0, 2.0 * math.pi, n)
+    t = np.arange(length) / length
+    angle = 2.0 * math.pi * frequency[:, None] * t[None, :] + phase[:, None]
+    sine = np.sin(angle)
+    square = np.sign(sine)
+    sawtooth = 2.0 * ((angle / (2.0 * math.pi)) % 1.0) - 1.0
+    clean = np.choose(shape[:, None], [sine, square, sawtooth])
+    amplitude = rng.lognormal(0.0, 0.3, n)[:, None]
+    offset = rng.normal(0.0, 0.3, n)[:, None]
+    x = amplitude * clean + offset + rng.normal(0.0, 0.6, size=(n, length))
+    x = x[:, None, :].astype(np.float32)
+    return x[TEST_SIZE:], y[TEST_SIZE:], x[:TEST_SIZE], y[:TEST_SIZE]
