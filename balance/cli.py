@@ -136,12 +136,12 @@ def run_range_test(
 
     from balance.range_test import RangeTestWarning
     from balance.report import plot_range_test, save_figure
-    from balance.train import choose_max_lr
+    from balance.train import choose_max_lr, probe_runs
 
     with (
         warnings.catch_warnings(),
         user_errors(),
-        tqdm(total=range_config.probes, desc="probes", unit="run", disable=None) as bar,
+        tqdm(total=probe_runs(range_config), desc="probes", unit="run", disable=None) as bar,
     ):
         warnings.simplefilter("ignore", RangeTestWarning)  # printed below from result.warnings
         result = choose_max_lr(train_config, range_config, progress=lambda _: bar.update())

@@ -170,6 +170,7 @@ class TrainConfig(_Strict):
 
 _Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 _Share = Annotated[float, Field(gt=0.0, le=1.0)]
+_Decades = Annotated[float, Field(ge=0.0, le=6.0)]
 
 
 class RangeTestConfig(_Strict):
@@ -186,12 +187,10 @@ class RangeTestConfig(_Strict):
     smooth_beta: _Beta = Field(
         0.9, description="the rules read the loss through this EMA run forwards and back (no lag)"
     )
-    extend_decades: float = Field(
+    extend_decades: _Decades = Field(
         2.0,
-        ge=0.0,
-        le=6.0,
-        description="a sweep whose loss has not turned by end_lr goes on at the same rate for up "
-        "to this many decades of LR (0: never)",
+        description="a sweep whose loss has not turned by end_lr goes on at the same rate "
+        "for up to this many decades of LR (0: never)",
     )
     val_every: int = Field(10, ge=0, description="validation accuracy every k steps (0: never)")
     val_size: int = Field(512, ge=1, description="size of the fixed validation subset")
@@ -214,8 +213,9 @@ class RangeTestConfig(_Strict):
     accuracy_tolerance: _Beta = Field(
         0.02, description="validation accuracy (absolute) that still counts as the peak's plateau"
     )
-    probes: int = Field(5, ge=0, le=15, description="1cycle runs around it; best validation wins")
-    probe_step: float = Field(0.5, gt=0.0, le=2.0, description="decades between probe LRs")
+    probes: int = Field(3, ge=0, le=15, description="1cycle runs around it; best validation wins")
+    probe_step: float = Field(0.75, gt=0.0, le=2.0, description="decades between probe LRs")
+    probe_refine: int = Field(1, ge=0, le=4, description="then rounds of 2, at half the last step")
     # Chosen on the development cases of benchmarks/lr_suite.py, reported on its
     # evaluation cases (README, "How the max LR is chosen").
     rule: SuggestionRule = Field("onset", description="suggestion used as max_lr")

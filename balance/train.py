@@ -137,6 +137,11 @@ def probe_lrs(center: float, count: int, step: float) -> list[float]:
     return [center * 10 ** (step * (k - middle)) for k in range(count)]
 
 
+def probe_runs(range_config: RangeTestConfig) -> int:
+    """Complete 1cycle runs :func:`choose_max_lr`'s probes take (0 when there are none)."""
+    return range_config.probes + 2 * range_config.probe_refine if range_config.probes else 0
+
+
 def choose_max_lr(
     config: TrainConfig,
     range_config: RangeTestConfig | None = None,
@@ -144,39 +149,48 @@ def choose_max_lr(
     data: Dataset | None = None,
     progress: Callable[[Probe], object] | None = None,
 ) -> RangeTestResult:
-    """The range test's answer, confirmed by ``range_config.probes`` complete 1cycle runs.
+    """The range test's answer, confirmed by complete 1cycle runs around it (probes).
 
     :func:`balance.range_test.find_max_lr` reads a max LR off the loss curve; then
-    the run ``config`` describes (its budget, policy and seed) trains at LRs
-    ``probe_step`` decades apart around that answer (by default 5, from a tenth to
-    10x it), and the one with the best final validation accuracy becomes
-    ``max_lr`` (ties: the smaller LR). A curve alone lands within half a decade at
-    best; on the evaluation cases of ``benchmarks/lr_suite.py`` the curve's answer lost
-    3.6 points of validation accuracy on average against the best 1cycle LR, the
-    probed one 1.03 (90% interval 0.92 to 1.30, 4 reference seeds). ``probes=0`` keeps the
-    curve's answer. The curve's answer stays in ``curve_max_lr``; each run in
-    ``probes``; ``progress`` is called after each one.
+    the run ``config`` describes (its budget, policy and seed) trains at
+    ``range_config.probes`` LRs ``probe_step`` decades apart around that answer, and
+    ``probe_refine`` times at two more LRs, half the last step either side of the
+    best so far (by default 3 at 0.75 decades, then 2 at 0.375: 5 runs). The probe
+    with the best final validation accuracy becomes ``max_lr`` (ties: the smaller
+    LR). A curve alone lands within half a decade at best; how much the probes buy
+    is measured on the evaluation cases of ``benchmarks/lr_suite.py`` (README, "How
+    the max LR is chosen"). ``probes=0`` keeps the curve's answer. The curve's answer
+    stays in ``curve_max_lr``; each run in ``probes``; ``progress`` is called after each.
     """
     range_config = RangeTestConfig() if range_config is None else range_config
     data, _, _ = prepare(config, data)
     found = find_max_lr(config, range_config, data=data)
     if range_config.probes == 0:
         return found
-    probes = []
-    for lr in probe_lrs(found.max_lr, range_config.probes, range_config.probe_step):
+    probes: list[Probe] = []
+
+    def probe(lr: float) -> None:
         run = train(config.model_copy(update={"max_lr": lr}), data=data)
         accuracy = None if run.diverged is not None or run.final is None else run.final.val_accuracy
         probes.append(Probe(lr, accuracy, run.steps))
         if progress is not None:
             progress(probes[-1])
-    measured = [probe for probe in probes if probe.val_accuracy is not None]
-    if not measured:
+
+    for lr in probe_lrs(found.max_lr, range_config.probes, range_config.probe_step):
+        probe(lr)
+    step = range_config.probe_step
+    for _ in range(range_config.probe_refine):
+        best = _best_probe(probes)
+        step /= 2
+        for lr in probe_lrs(found.max_lr if best is None else best.lr, 2, 2 * step):
+            probe(lr)
+    best = _best_probe(probes)
+    if best is None:
         message = "every probe diverged; max_lr stays the curve's answer"
         warnings.warn(message, RangeTestWarning, stacklevel=2)
         return replace(
             found, curve_max_lr=found.max_lr, probes=probes, warnings=[*found.warnings, message]
         )
-    best = max(measured, key=lambda probe: (probe.val_accuracy, -probe.lr))
     return replace(
         found,
         max_lr=best.lr,
@@ -184,3 +198,9 @@ def choose_max_lr(
         curve_max_lr=found.max_lr,
         probes=probes,
     )
+
+
+def _best_probe(probes: list[Probe]) -> Probe | None:
+    """The probe with the best validation accuracy (ties: the smaller LR); None if all diverged."""
+    measured = [probe for probe in probes if probe.val_accuracy is not None]
+    return max(measured, key=lambda probe: (probe.val_accuracy, -probe.lr), default=None)

@@ -80,6 +80,7 @@ CACHE = RESULTS / "lr_suite"
 REFERENCE_SEEDS = (0, 1, 2, 3)
 SUGGESTION_SEEDS = (0, 1, 2)
 SWEEP_SEEDS = tuple(range(len(SUGGESTION_SEEDS) + 2))  # 3 averaged sweeps per suggestion seed
+DIRECT_SEEDS = (10, 11, 12, 13)  # the default's own LRs, trained: no probe's or reference's seed
 QUARTER_DECADE = 10**0.25
 GRID_POINTS = 13
 # The brute-force grids: three decades in quarter-decade steps around where each
@@ -242,11 +243,13 @@ def grid_of(case: Case) -> list[float]:
     return [start * QUARTER_DECADE**i for i in range(GRID_POINTS)]
 
 
-def _train_keys(case: Case, lrs: Iterable[float]) -> dict[str, tuple[str, float, int]]:
+def _train_keys(
+    case: Case, lrs: Iterable[float], seeds: Iterable[int] | None = None
+) -> dict[str, tuple[str, float, int]]:
     return {
         f"{case.name}|{_lr_key(lr)}|{seed}": (case.name, lr, seed)
         for lr in lrs
-        for seed in REFERENCE_SEEDS
+        for seed in (REFERENCE_SEEDS if seeds is None else seeds)
     }
 
 
@@ -522,6 +525,73 @@ def score(
             ),
         }
     return {"cases": rows, "methods": summary}
+
+
+def score_trained(
+    cache: Cache,
+    direct: Cache,
+    jobs: int,
+    suggested: dict[str, list[float | None]],
+    boot: int = 1000,
+) -> dict[str, Any]:
+    """The default's regret with its own LRs trained (``DIRECT_SEEDS``), not interpolated.
+
+    Interpolation in log LR reads a straight line between grid points, which lies
+    below a peaked curve: an LR between two grid points near the optimum scores lower
+    than it would train. Here each suggested LR is trained on 4 seeds that neither
+    the probes nor the reference used, and scored against the reference's best mean
+    (a maximum over noisy means, so biased up: this regret errs high). ``suggested``
+    is case -> one LR per suggestion seed. The interval resamples both sets of seeds.
+    """
+    refs = references(cache, cases_of(None, suggested))
+    train_points(
+        direct,
+        jobs,
+        {
+            key: value
+            for name, lrs in suggested.items()
+            for key, value in _train_keys(
+                CASES[name], [lr for lr in lrs if lr], DIRECT_SEEDS
+            ).items()
+        },
+    )
+
+    def trained(name: str, lr: float) -> np.ndarray:
+        keys = _train_keys(CASES[name], [lr], DIRECT_SEEDS)
+        return np.array([direct.entries[key]["val_accuracy"] for key in keys])
+
+    rng = np.random.default_rng(1)
+
+    def case_regret(name: str, resample: bool) -> float:
+        reference = refs[name]
+        ref_seeds = (
+            rng.integers(0, len(REFERENCE_SEEDS), len(REFERENCE_SEEDS)) if resample else None
+        )
+        means = reference.means(ref_seeds)
+        lost = []
+        for lr in suggested[name]:
+            if lr is None:
+                lost.append(100.0 * float(means.max() - means.min()))
+                continue
+            runs = trained(name, lr)
+            if resample:
+                runs = runs[rng.integers(0, len(runs), len(runs))]
+            lost.append(100.0 * float(means.max() - runs.mean()))
+        return float(np.mean(lost))
+
+    per_case = {name: case_regret(name, False) for name in suggested}
+    values = list(per_case.values())
+    boot_means = [np.mean([case_regret(name, True) for name in suggested]) for _ in range(boot)]
+    return {
+        "cases": per_case,
+        "mean": float(np.mean(values)),
+        "median": float(np.median(values)),
+        "worst": float(np.max(values)),
+        "mean_interval": [
+            float(np.percentile(boot_means, 5)),
+            float(np.percentile(boot_means, 95)),
+        ],
+    }
 
 
 def _spread(lrs: list[float | None]) -> float | None:
@@ -860,6 +930,22 @@ def markdown(result: dict[str, Any], split: str) -> str:
     return "\n".join(lines)
 
 
+def trained_markdown(trained: dict[str, Any]) -> str:
+    """The default's regret per evaluation case when its LRs are trained, not interpolated."""
+    low, high = trained["mean_interval"]
+    lines = [
+        "**The default's LRs trained** (4 seeds no probe used; against the same best "
+        f"reference mean): mean {_points(trained['mean'])} (90% interval {_points(low)} .. "
+        f"{_points(high)}), median {_points(trained['median'])}, worst "
+        f"{_points(trained['worst'])}",
+        "",
+        "| case | regret, trained |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {_points(value)} |" for name, value in trained["cases"].items()]
+    return "\n".join(lines)
+
+
 def run_devcheck(cache: Cache, jobs: int) -> None:
     """balance's shipping default (``find_max_lr`` as it is now) on the development cases only."""
     cases = cases_of("dev")
@@ -899,9 +985,17 @@ def run_evaluate(cache: Cache, jobs: int, out_dir: Path, quick: bool) -> int:
         split: score(cache, {c.name: suggested[c.name] for c in cases_of(split)})
         for split in ("eval", "dev")
     }
+    trained = score_trained(
+        cache,
+        Cache(cache.path.parent / "direct.json"),
+        jobs,
+        {c.name: suggested[c.name]["balance default"] for c in cases_of("eval")},
+    )
     verdicts = verdict_rows(Cache(cache.path.parent / "verdict.json"), jobs, answers)
     table = (
         markdown(by_split["eval"], "Evaluation")
+        + "\n\n"
+        + trained_markdown(trained)
         + "\n\n"
         + markdown(by_split["dev"], "Development (in-sample: the default was chosen here)")
         + "\n\n"
@@ -934,6 +1028,14 @@ def run_evaluate(cache: Cache, jobs: int, out_dir: Path, quick: bool) -> int:
             "<= 2 pts",
             ours["worst"] <= 2.0,
         ),
+        headline(
+            "the same, the default's LRs trained (4 fresh seeds): mean / median / worst",
+            f"{trained['mean']:.2f} ({trained['mean_interval'][0]:.2f} .. "
+            f"{trained['mean_interval'][1]:.2f}) / {trained['median']:.2f} / "
+            f"{trained['worst']:.2f} pts",
+            "<= 0.5 / - / <= 2 pts",
+            trained["mean"] <= 0.5 and trained["worst"] <= 2.0,
+        ),
         headline("default LR spread over 3 seeds (worst case)", f"{worst_spread:.2f}x", "", None),
     ]
     for split in ("dev", "eval"):
@@ -950,7 +1052,13 @@ def run_evaluate(cache: Cache, jobs: int, out_dir: Path, quick: bool) -> int:
         )
     write_result(
         NAME,
-        {"splits": by_split, "verdicts": verdicts, "answers": answers, "markdown": table},
+        {
+            "splits": by_split,
+            "trained": trained,
+            "verdicts": verdicts,
+            "answers": answers,
+            "markdown": table,
+        },
         out_dir=out_dir,
         quick=quick,
         started=started,
@@ -1137,46 +1245,60 @@ def run_verdict(cache: Cache, jobs: int) -> None:
 
 # -- tuning the probes on the development cases, from the brute force -------------------
 
-PROBE_SETTINGS = [(step, count) for step in (0.25, 0.5) for count in (3, 5, 7)]
+# (first-round step in decades, first-round probes, refinement rounds)
+PROBE_SETTINGS = [
+    (step, count, refine) for step in (0.5, 0.75) for count in (3, 5, 7) for refine in (0, 1)
+]
 
 
 def replayed_probe_regret(
-    runs: dict[float, list[float]], centres: list[float], step: float, count: int
+    runs: dict[float, list[float]], centres: list[float], step: float, count: int, refine: int = 0
 ) -> float:
     """Regret of probes replayed from the brute force, mean over the suggestion seeds.
 
     A probe at LR x with seed s is the reference run of seed s at the grid LR nearest
-    x (the grid is a quarter decade apart); the chosen LR is scored on the mean of the
-    other seeds, so a lucky probe seed earns nothing.
+    x (the grid is a quarter decade apart, so a refinement below that is not
+    replayed faithfully); the chosen LR is scored on the mean of the other seeds, so
+    a lucky probe seed earns nothing. As in ``choose_max_lr``, each refinement round
+    adds two probes at half the last step either side of the best so far.
     """
     lrs = np.array(sorted(runs))
+
+    def on_grid(lr: float) -> float:
+        return float(lrs[int(np.argmin(abs(np.log10(lrs) - math.log10(lr))))])
+
     lost = []
     for seed, centre in zip(SUGGESTION_SEEDS, centres, strict=True):
         others = [s for s in range(len(REFERENCE_SEEDS)) if s != seed]
         mean = {lr: float(np.mean([runs[lr][s] for s in others])) for lr in lrs}
-        tried = {
-            float(lrs[int(np.argmin(abs(np.log10(lrs) - math.log10(lr))))])
-            for lr in probe_lrs(centre, count, step)
-        }
-        chosen = max(tried, key=lambda lr: runs[lr][seed])
+        tried = {on_grid(lr) for lr in probe_lrs(centre, count, step)}
+        chosen, half = min(tried, key=lambda lr: (-runs[lr][seed], lr)), step
+        for _ in range(refine):
+            half /= 2
+            tried |= {on_grid(lr) for lr in probe_lrs(chosen, 2, 2 * half)}
+            chosen = min(tried, key=lambda lr: (-runs[lr][seed], lr))
         lost.append(100.0 * (max(mean.values()) - mean[chosen]))
     return float(np.mean(lost))
 
 
 def run_probe_tuning(cache: Cache, sweeps: Cache) -> None:
-    """Probe spacing and number against the curve's answer alone, development cases only."""
+    """Probe spacing, number and refinement against the curve alone, development cases only."""
     rows: dict[str, list[float]] = {}
     for case in cases_of("dev"):
         runs = reference_curve(cache, case)
         key = "zero-phase0.9 onset0.05 " + ("x0.5" if family(case) == "sgd" else "x1")
         centres = [candidate_lrs(sweeps, case, seed)[key] or 1e-3 for seed in SUGGESTION_SEEDS]
         rows.setdefault("curve only", []).append(replayed_probe_regret(runs, centres, 0.5, 1))
-        for step, count in PROBE_SETTINGS:
-            label = f"{count} probes {step:g} decades apart"
-            rows.setdefault(label, []).append(replayed_probe_regret(runs, centres, step, count))
+        for step, count, refine in PROBE_SETTINGS:
+            label = f"{count} probes {step:g} decades apart" + (
+                f", then {2 * refine} at half the step" if refine else ""
+            )
+            rows.setdefault(label, []).append(
+                replayed_probe_regret(runs, centres, step, count, refine)
+            )
     for label, values in rows.items():
         print(
-            f"{label:28s} mean {np.mean(values):5.2f} median {np.median(values):5.2f} "
+            f"{label:50s} mean {np.mean(values):5.2f} median {np.median(values):5.2f} "
             f"worst {max(values):5.2f}"
         )
 

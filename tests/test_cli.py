@@ -64,7 +64,7 @@ def test_flags_left_out_keep_the_config_defaults(tmp_path: Path) -> None:
 
 def test_lr_find_prints_every_suggestion_and_writes_png_and_json(tmp_path: Path) -> None:
     result = invoke(
-        "lr-find", *TINY, "--num-steps", "30", "--repeats", "2", "--epochs", "1", "--probes", "3",
+        "lr-find", *TINY, "--num-steps", "30", "--repeats", "2", "--epochs", "1", "--probes", "1",
         "--out", str(tmp_path),
     )  # fmt: skip
 
@@ -81,12 +81,17 @@ def test_lr_find_prints_every_suggestion_and_writes_png_and_json(tmp_path: Path)
     assert set(saved["suggestions"]) == {"onset", "steepest", "valley", "minimum", "accuracy"}
     assert saved["range_config"]["num_steps"] == 30 and saved["max_lr"] > 0
     assert saved["repeats"] == 2
-    # Three one-epoch probes around the curve's answer; the best on validation is max_lr.
+    # One one-epoch probe at the curve's answer, then one refinement round (default):
+    # 0.375 decades either side. The best on validation is max_lr.
     assert result.stdout.count(" lr ") == 3 and "(rule onset, then probes)" in result.stdout
     probes = saved["probes"]
     assert len(probes) == 3 and all(probe["steps"] == 13 for probe in probes)  # 1,293 / 100
-    best = max(probes, key=lambda probe: probe["val_accuracy"] or -1.0)
-    assert saved["max_lr"] == best["lr"] and probes[1]["lr"] == saved["curve_max_lr"]
+    assert probes[0]["lr"] == saved["curve_max_lr"]
+    assert [p["lr"] for p in probes[1:]] == pytest.approx(
+        [saved["curve_max_lr"] * 10**-0.375, saved["curve_max_lr"] * 10**0.375]
+    )
+    best = max(probes, key=lambda probe: (probe["val_accuracy"] or -1.0, -probe["lr"]))
+    assert saved["max_lr"] == best["lr"]
 
 
 def test_train_without_max_lr_takes_it_from_the_range_test(tmp_path: Path) -> None:

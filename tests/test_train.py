@@ -15,7 +15,14 @@ from balance.config import ConfigError, RangeTestConfig, TrainConfig
 from balance.data import Dataset
 from balance.optim import build_optimizer, parameter_groups
 from balance.range_test import RangeTestResult, RangeTestWarning, find_max_lr
-from balance.train import EpochMetrics, TrainResult, choose_max_lr, probe_lrs, train
+from balance.train import (
+    EpochMetrics,
+    TrainResult,
+    choose_max_lr,
+    probe_lrs,
+    probe_runs,
+    train,
+)
 
 
 def _config(**options: Any) -> TrainConfig:
@@ -132,16 +139,21 @@ def test_probe_lrs_lie_half_a_decade_apart_around_the_centre() -> None:
 def test_probes_train_the_run_and_the_best_on_validation_becomes_max_lr(
     digits: Dataset,
 ) -> None:
-    range_config = RangeTestConfig(num_steps=30, repeats=1, probes=3)
+    range_config = RangeTestConfig(num_steps=30, repeats=1, probes=3, probe_step=0.5)
     curve = find_max_lr(_config(max_lr=None), range_config, data=digits)
     chosen = choose_max_lr(_config(max_lr=None), range_config, data=digits)
     assert chosen.curve_max_lr == curve.max_lr
-    assert [probe.lr for probe in chosen.probes] == pytest.approx(probe_lrs(curve.max_lr, 3, 0.5))
+    assert len(chosen.probes) == probe_runs(range_config) == 5
+    first, refined = chosen.probes[:3], chosen.probes[3:]
+    assert [probe.lr for probe in first] == pytest.approx(probe_lrs(curve.max_lr, 3, 0.5))
+    # The refinement: a quarter decade (half the step) either side of the first round's best.
+    best_first = max(first, key=lambda probe: (probe.val_accuracy or -1.0, -probe.lr))
+    assert [probe.lr for probe in refined] == pytest.approx(probe_lrs(best_first.lr, 2, 0.5))
     for probe in chosen.probes:  # each probe is the run train() would do at its LR
         run = train(_config(max_lr=probe.lr), data=digits)
         assert probe.steps == run.steps == 21
         assert probe.val_accuracy == (None if run.diverged else run.final.val_accuracy)
-    best = max(chosen.probes, key=lambda probe: probe.val_accuracy or -1.0)
+    best = max(chosen.probes, key=lambda probe: (probe.val_accuracy or -1.0, -probe.lr))
     assert chosen.max_lr == best.lr and chosen.min_lr == pytest.approx(best.lr / 25.0)
     back = RangeTestResult.from_dict(json.loads(json.dumps(chosen.to_dict())))
     assert back.probes == chosen.probes
@@ -152,7 +164,7 @@ def test_when_every_probe_diverges_the_curves_answer_stays_and_a_warning_says_so
 ) -> None:
     # The sweep diverges at once and falls back to start_lr = 1e4: every probe diverges too.
     range_config = RangeTestConfig(
-        start_lr=1e4, end_lr=1e9, num_steps=20, repeats=1, probes=2, probe_step=0.1
+        start_lr=1e4, end_lr=1e9, num_steps=20, repeats=1, probes=2, probe_step=0.1, probe_refine=0
     )
     with pytest.warns(RangeTestWarning, match="every probe diverged"):
         chosen = choose_max_lr(_config(max_lr=None), range_config, data=digits)
