@@ -3,7 +3,8 @@
 The public API, imported lazily so that ``balance --help`` does not pay for torch:
 
 - :func:`train` and :class:`TrainConfig`: one run under 1cycle (or a baseline schedule).
-- :func:`find_max_lr`, :func:`range_test` and :class:`RangeTestConfig`: the LR range test.
+- :func:`find_max_lr`, :func:`range_test` and :class:`RangeTestConfig`: the LR range test;
+  :func:`choose_max_lr`: the test, then its probes (what ``balance lr-find`` does).
 - :func:`load_study_file`, :func:`sweep`, :func:`run_worker`: Optuna studies.
 - :func:`load_study_record` and :class:`StudyRecord`: what a study stores, read once.
 - :func:`build_report` (of a record) and :func:`report` (of a stored study): the HTML report.
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from balance.record import StudyRecord
     from balance.report import build_report
     from balance.study import run_worker
-    from balance.train import TrainResult, train
+    from balance.train import TrainResult, choose_max_lr, train
 
 _EXPORTS = {
     "ConfigError": "balance.config",
@@ -46,6 +47,7 @@ _EXPORTS = {
     "StudyRecord": "balance.record",
     "run_worker": "balance.study",
     "TrainResult": "balance.train",
+    "choose_max_lr": "balance.train",
     "train": "balance.train",
 }
 
@@ -58,6 +60,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "build_report",
+    "choose_max_lr",
     "find_max_lr",
     "load_study_file",
     "load_study_record",

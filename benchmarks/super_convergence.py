@@ -10,8 +10,9 @@ mean of 3 seeds: on validation (which chooses) and on test (which only measures)
 (smith, SGD, the package defaults) trains for each budget of a ladder of epochs
 at two LRs read off that range test:
 
-- ``lr-find``: the ``max_lr`` it prints (the default rule: a fifth of the
-  loss-minimum LR);
+- ``lr-find``: the ``max_lr`` it prints (the default: the curve's ``onset`` rule,
+  then 5 complete 1cycle probes around it at lr-find's default budget, 25 epochs;
+  ``--quick`` runs one one-epoch probe);
 - ``loss-minimum``: the LR where its smoothed loss is lowest, just before it
   climbs (Smith's upper bound; fastai's "minimum" rule is a tenth of it).
 
@@ -137,8 +138,9 @@ def lr_find(config: TrainConfig, seed: int, num_steps: int | None) -> dict[str, 
             *("--batch-size", str(config.batch_size), "--seed", str(seed)),
             *("--threads", "1", "--out", folder),
         ]
-        if num_steps is not None:
-            command[-2:-2] = ["--num-steps", str(num_steps)]
+        if num_steps is not None:  # --quick: a short sweep and one short probe
+            quick = ["--num-steps", str(num_steps), "--probes", "1", "--probe-refine", "0"]
+            command[-2:-2] = [*quick, "--epochs", "1"]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"balance lr-find failed: {done.stderr[-2000:]}")
