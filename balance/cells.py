@@ -48,15 +48,39 @@ class CellResult(NamedTuple):
     trials: tuple[int, ...]  # the trials that measured it, by number
 
 
+def repeated_runs(trials: Iterable[TrialRecord]) -> set[tuple[int, int]]:
+    """``(trial number, seed)`` of each counted run that repeats one of an earlier trial.
+
+    The same cell trained with the same seed is the same run, bit for bit on one
+    device: counting it twice would fake a seed. The earliest trial's run counts;
+    later ones are repeats (a sampler re-proposing a cell before balance gave
+    repeats new seeds, or two workers racing for one cell).
+    """
+    seen: set[tuple[str, int]] = set()
+    repeats: set[tuple[int, int]] = set()
+    for trial in sorted(trials, key=lambda trial: trial.number):
+        if trial.surplus:
+            continue
+        key = trial.cell or cell_key(trial.params)
+        for run in trial.counted_runs:
+            if (key, run.seed) in seen:
+                repeats.add((trial.number, run.seed))
+            seen.add((key, run.seed))
+    return repeats
+
+
 def cell_results(trials: Iterable[TrialRecord], base: dict[str, Any]) -> list[CellResult]:
     """Every cell with a counted run, with its mean and std of validation accuracy.
 
-    ``base`` gives unsearched axes their value (the base run's), so every cell has all
-    of :data:`~balance.config.SEARCHED`.
+    Each distinct (cell, seed) run counts once (:func:`repeated_runs`). ``base``
+    gives unsearched axes their value (the base run's), so every cell has all of
+    :data:`~balance.config.SEARCHED`.
     """
+    trials = list(trials)
+    repeats = repeated_runs(trials)
     pooled: dict[str, tuple[dict[str, Any], list[float], list[int]]] = {}
     for trial in trials:
-        runs = trial.counted_runs
+        runs = [run for run in trial.counted_runs if (trial.number, run.seed) not in repeats]
         if not runs or trial.surplus:
             continue
         params = {name: trial.params.get(name, base[name]) for name in SEARCHED}

@@ -40,6 +40,7 @@ _RUNS = "runs"  # one SeedRun.to_attrs() per seed, saved as each seed ends
 _CELL = "cell"  # cell_key of the grid cell (queued cells carry it from the start)
 _SURPLUS = "surplus"  # a grid trial Optuna created with no queued cell: trains nothing
 _MAX_LR = "max_lr"  # the max LR the trial trained with
+_SEEDS = "seeds"  # the seeds the trial trains, fixed when it starts
 _DIVERGED = "diverged"  # {"seed", "step", "lr"} of the run whose loss became non-finite
 _FAIL_REASON = "fail_reason"  # why a trial failed without diverging ("worker died")
 _REQUEUED_FROM = "requeued_from"  # the interrupted trial whose cell this queued trial retrains
@@ -165,10 +166,29 @@ def mark_surplus(trial: optuna.Trial) -> None:
     trial.set_user_attr(_SURPLUS, True)
 
 
-def set_cell(trial: optuna.Trial, key: str, max_lr: float) -> None:
-    """Record the trial's cell and the max LR it trains with."""
+def set_cell(trial: optuna.Trial, key: str, max_lr: float, seeds: Sequence[int]) -> None:
+    """Record the trial's cell, the max LR and the seeds it trains with."""
     trial.set_user_attr(_CELL, key)
     trial.set_user_attr(_MAX_LR, max_lr)
+    trial.set_user_attr(_SEEDS, list(seeds))
+
+
+def taken_seeds(trial: optuna.Trial, key: str) -> set[int]:
+    """Seeds of cell ``key`` that another completed or running trial has trained or trains.
+
+    A sampler that proposes a finished cell again (TPE over list axes does) must not
+    train the same seeds twice: the repeat would count as new evidence. Pruned and
+    failed trials count no runs, so their seeds are free again.
+    """
+    taken: set[int] = set()
+    states = (TrialState.COMPLETE, TrialState.RUNNING)
+    for other in trial.study.get_trials(deepcopy=False, states=states):
+        if other.number == trial.number or other.user_attrs.get(_CELL) != key:
+            continue
+        attrs = other.user_attrs
+        taken.update(int(seed) for seed in attrs.get(_SEEDS, []))
+        taken.update(int(run["seed"]) for run in attrs.get(_RUNS, []))
+    return taken
 
 
 def save_runs(trial: optuna.Trial, runs: Sequence[SeedRun]) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,8 @@ from optuna.trial import TrialState
 from study_files import load_study as load
 from study_files import record_of, study_config, tiny_values
 
-from balance.analysis import audit, trials_frame
-from balance.cells import cell_key
+from balance.analysis import audit, runs_frame, trials_frame
+from balance.cells import cell_key, cell_results, repeated_runs
 from balance.config import ConfigError, StudyConfig
 from balance.pipeline import preflight, sweep
 from balance.study import _learning_rate as learning_rate_module
@@ -133,6 +134,7 @@ def test_two_local_workers_share_one_study_without_duplicates(
 
 SWEEP_SCRIPT = """
 import sys
+from dataclasses import replace
 from pathlib import Path
 from balance.config import StudyConfig
 from balance.pipeline import sweep
@@ -207,3 +209,30 @@ def test_a_one_cell_grid_runs_its_cell_once(tmp_path: Path) -> None:
     result = sweep(config, root=tmp_path)
     assert result.summary["trials"] == {"complete": 1}
     assert trained_cells(load(config, tmp_path)) == ["weight_decay=0.001|dropout=0.0"]
+
+
+def test_a_cell_proposed_again_trains_new_seeds_and_repeats_count_once(tmp_path: Path) -> None:
+    # A one-cell space: every trial a sampler proposes is the same cell again.
+    config = tiny_study(
+        "again",
+        sampler="random",
+        n_trials=3,
+        seeds=2,
+        search={"weight_decay": [0.0], "dropout": [0.1]},
+    )
+    sweep(config, root=tmp_path)
+    record = record_of(load(config, tmp_path), config)
+    seeds = [[run.seed for run in trial.runs] for trial in record.trials]
+    assert seeds == [[0, 1], [2, 3], [4, 5]]  # no seed trained twice
+    (cell,) = record.cells
+    assert cell.seeds == 6 and cell.trials == (0, 1, 2)
+
+    # A study stored before seeds were fresh repeated a cell's seeds bit for bit: the
+    # repeat is the same run, so it counts once, in the cell and in the runs frame.
+    first, second, third = record.trials
+    repeated = [first, replace(second, runs=first.runs), third]
+    assert repeated_runs(repeated) == {(1, 0), (1, 1)}
+    (cell,) = cell_results(repeated, config.train.model_dump())
+    assert cell.seeds == 4 and cell.trials == (0, 2)
+    runs = runs_frame(replace(record, trials=tuple(repeated)))
+    assert runs["counted"].tolist() == [True, True, False, False, True, True]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from balance.cells import cell_key
+from balance.cells import cell_key, repeated_runs
 from balance.config import SEARCHED, StudyConfig
 from balance.record import StudyRecord, TrialRecord
 from balance.runs import finite_or_nan
@@ -116,9 +116,11 @@ def runs_frame(record: StudyRecord) -> pd.DataFrame:
 
     ``gap`` is ``val_loss - train_loss`` of that run; ``train_loss`` is the mean over the
     last epoch's steps with dropout on. ``counted`` marks the runs a balance grid averages:
-    finished runs of completed trials, as :attr:`balance.record.TrialRecord.counted_runs`.
+    finished runs of completed trials, as :attr:`balance.record.TrialRecord.counted_runs`,
+    each distinct (cell, seed) once (:func:`balance.cells.repeated_runs`).
     """
     rows = []
+    repeats = repeated_runs(record.trials)
     for trial in record.trials:
         if trial.surplus:
             continue
@@ -137,7 +139,9 @@ def runs_frame(record: StudyRecord) -> pd.DataFrame:
                     "gap": val_loss - train_loss,
                     "steps": run.steps,
                     "diverged": run.diverged is not None,
-                    "counted": trial.state == "complete" and run.finished,
+                    "counted": trial.state == "complete"
+                    and run.finished
+                    and (trial.number, run.seed) not in repeats,
                 }
             )
     frame = pd.DataFrame(rows, columns=RUN_COLUMNS)

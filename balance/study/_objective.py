@@ -63,6 +63,17 @@ def suggest(trial: optuna.Trial, space: SearchSpace, base: TrainConfig) -> dict[
     return params
 
 
+def fresh_seeds(first: int, count: int, taken: set[int]) -> list[int]:
+    """``count`` seeds from ``first`` on, skipping those in ``taken``."""
+    seeds: list[int] = []
+    seed = first
+    while len(seeds) < count:
+        if seed not in taken:
+            seeds.append(seed)
+        seed += 1
+    return seeds
+
+
 class Objective:
     """Callable objective for :meth:`optuna.Study.optimize`.
 
@@ -107,11 +118,12 @@ class Objective:
         params = suggest(trial, self.config.search, self.base)
         max_lr = self.max_lrs[params["batch_size"]]
         searched = self.config.search.axes()
-        record.set_cell(trial, cell_key({name: params[name] for name in searched}), max_lr)
+        key = cell_key({name: params[name] for name in searched})
+        seeds = fresh_seeds(self.base.seed, self.config.seeds, record.taken_seeds(trial, key))
+        record.set_cell(trial, key, max_lr, seeds)
         epochs = self.base.epochs
         runs: list[SeedRun] = []
-        for index in range(self.config.seeds):
-            seed = self.base.seed + index
+        for index, seed in enumerate(seeds):
             history: list[EpochMetrics] = []
 
             def report(
