@@ -47,8 +47,16 @@ def seed_run(seed: int, accuracy: float) -> dict[str, Any]:
 
 
 def add_trial(study: optuna.Study, weight_decay: float, dropout: float, *accs: float) -> None:
-    """A completed trial of one cell whose seeds reached ``accs`` (objective: their mean)."""
+    """A completed trial of one cell whose seeds reached ``accs`` (objective: their mean).
+
+    A cell added again gets the next seeds, as the objective gives a re-proposed cell.
+    """
     params = {"weight_decay": weight_decay, "dropout": dropout}
+    first = sum(
+        len(trial.user_attrs["runs"])
+        for trial in study.trials
+        if trial.user_attrs["cell"] == cell_key(params)
+    )
     study.add_trial(
         optuna.trial.create_trial(
             params=params,
@@ -60,7 +68,7 @@ def add_trial(study: optuna.Study, weight_decay: float, dropout: float, *accs: f
             user_attrs={
                 "cell": cell_key(params),
                 "max_lr": 0.1,
-                "runs": [seed_run(seed, acc) for seed, acc in enumerate(accs)],
+                "runs": [seed_run(seed, acc) for seed, acc in enumerate(accs, start=first)],
             },
         )
     )
