@@ -87,6 +87,21 @@ def evaluate(
     return loss / len(x), hits / len(x)
 
 
+def correct_examples(
+    model: nn.Module, x: Tensor, y: Tensor, batch_size: int = EVAL_BATCH_SIZE
+) -> Tensor:
+    """Whether ``model`` (in eval mode) classifies each example of ``(x, y)`` right (bools, CPU)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        hits = [
+            model(x[start : start + batch_size]).argmax(1) == y[start : start + batch_size]
+            for start in range(0, len(x), batch_size)
+        ]
+    model.train(was_training)
+    return torch.cat(hits).cpu() if hits else torch.zeros(0, dtype=torch.bool)
+
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,

@@ -7,11 +7,14 @@ A trial's seed runs (:class:`SeedRun`) and the final test evaluation
 
 from __future__ import annotations
 
+import base64
 import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from balance.config import SEARCHED
 from balance.jsonable import jsonable
@@ -33,6 +36,17 @@ class RunDivergence(NamedTuple):
     lr: float
 
 
+def pack_correct(correct: Sequence[bool] | np.ndarray) -> str:
+    """Per-example correctness as text: one bit an example, base64 (1,200 examples: 200 chars)."""
+    return base64.b64encode(np.packbits(np.asarray(correct, dtype=bool)).tobytes()).decode()
+
+
+def unpack_correct(packed: str, count: int) -> np.ndarray:
+    """The ``count`` booleans :func:`pack_correct` packed."""
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(packed), dtype=np.uint8))
+    return bits[:count].astype(bool)
+
+
 @dataclass(frozen=True)
 class SeedRun:
     """One seed's training run inside a trial: its last epoch's figures and its curve.
@@ -49,6 +63,10 @@ class SeedRun:
     curve: Curve
     diverged: RunDivergence | None = None
     train_time: float | None = None
+    # Final validation correctness, one bit an example (pack_correct), and the count: so
+    # cells can be compared on the same examples. None for runs without a final figure.
+    val_correct: str | None = None
+    val_examples: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -77,7 +95,15 @@ class SeedRun:
             ),
             diverged=diverged,
             train_time=result.train_time if result is not None else None,
+            val_correct=getattr(result, "val_correct", None),
+            val_examples=getattr(result, "val_examples", None),
         )
+
+    def correct(self) -> np.ndarray | None:
+        """Final validation correctness per example (``None`` when not stored)."""
+        if self.val_correct is None or self.val_examples is None:
+            return None
+        return unpack_correct(self.val_correct, self.val_examples)
 
     def to_attrs(self) -> dict[str, Any]:
         """The stored form (strict JSON)."""
@@ -92,6 +118,9 @@ class SeedRun:
         }
         if self.train_time is not None:
             attrs["train_time"] = self.train_time
+        if self.val_correct is not None:
+            attrs["val_correct"] = self.val_correct
+            attrs["val_examples"] = self.val_examples
         return jsonable(attrs)
 
     @classmethod
@@ -108,6 +137,8 @@ class SeedRun:
             curve=Curve(*(list(curve.get(name, [])) for name in Curve._fields)),
             diverged=None if not diverged else RunDivergence(int(diverged["step"]), diverged["lr"]),
             train_time=optional_float(attrs.get("train_time")),
+            val_correct=attrs.get("val_correct"),
+            val_examples=None if attrs.get("val_examples") is None else int(attrs["val_examples"]),
         )
 
 

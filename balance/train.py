@@ -18,9 +18,18 @@ from torch import nn
 
 from balance.config import RangeTestConfig, TrainConfig
 from balance.data import Dataset
-from balance.loop import Divergence, EpochCallback, EpochMetrics, evaluate, fit, prepare
+from balance.loop import (
+    Divergence,
+    EpochCallback,
+    EpochMetrics,
+    correct_examples,
+    evaluate,
+    fit,
+    prepare,
+)
 from balance.optim import build_optimizer
 from balance.range_test import Probe, RangeTestResult, RangeTestWarning, find_max_lr
+from balance.runs import pack_correct
 from balance.schedule import build_scheduler
 
 
@@ -40,6 +49,8 @@ class TrainResult:
     test_loss: float | None = None
     test_accuracy: float | None = None
     range_test: RangeTestResult | None = None  # the test that chose max_lr, when one ran
+    val_correct: str | None = None  # final validation correctness, packed (runs.pack_correct)
+    val_examples: int | None = None
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -110,6 +121,10 @@ def train(
         callback=callback,
         track_test=track_test,
     )
+    val_correct, val_examples = None, None
+    if diverged is None and history:  # compared on the same examples across cells and seeds
+        val_correct = pack_correct(correct_examples(model, data.x_val, data.y_val).numpy())
+        val_examples = len(data.x_val)
     test_loss = test_accuracy = None
     if (evaluate_test or track_test) and diverged is None:
         test_loss, test_accuracy = evaluate(model, data.x_test, data.y_test)
@@ -127,6 +142,8 @@ def train(
         test_loss=test_loss,
         test_accuracy=test_accuracy,
         range_test=found,
+        val_correct=val_correct,
+        val_examples=val_examples,
         model=model,
     )
 

@@ -15,6 +15,7 @@ from balance.config import ConfigError, RangeTestConfig, TrainConfig
 from balance.data import Dataset
 from balance.optim import build_optimizer, parameter_groups
 from balance.range_test import RangeTestResult, RangeTestWarning, find_max_lr
+from balance.runs import SeedRun, pack_correct, unpack_correct
 from balance.train import (
     EpochMetrics,
     TrainResult,
@@ -305,3 +306,18 @@ def test_the_trained_model_is_returned_in_eval_ready_form(
         logits = trained.model(digits.x_val)
     accuracy = (logits.argmax(1) == digits.y_val).float().mean().item()
     assert accuracy == pytest.approx(trained.epochs[-1].val_accuracy)
+
+
+def test_the_final_validation_correctness_is_kept_per_example_and_packed(
+    digits: Dataset,
+) -> None:
+    result = train(_config(max_lr=0.1), data=digits)
+    assert result.val_examples == len(digits.x_val) == 100
+    run = SeedRun.from_history(0, result.epochs, result)
+    correct = run.correct()
+    assert correct is not None and correct.dtype == bool and len(correct) == 100
+    assert correct.mean() == pytest.approx(result.final.val_accuracy)  # the same final model
+    assert len(run.val_correct or "") == 20  # 100 bits: 13 bytes in base64
+    back = SeedRun.from_attrs(json.loads(json.dumps(run.to_attrs())))
+    assert back == run and (back.correct() == correct).all()
+    assert unpack_correct(pack_correct([True, False, True]), 3).tolist() == [True, False, True]
