@@ -156,6 +156,14 @@ class EvaluationRun:
     steps: list[int]
     test_curve: list[float | None]
     diverged: bool
+    test_correct: str | None = None  # per-example test correctness (pack_correct)
+    test_examples: int | None = None
+
+    def correct(self) -> np.ndarray | None:
+        """Final test correctness per example (``None`` when not stored)."""
+        if self.test_correct is None or self.test_examples is None:
+            return None
+        return unpack_correct(self.test_correct, self.test_examples)
 
 
 @dataclass(frozen=True)
@@ -188,7 +196,14 @@ class EvaluationSide:
             max_lr=self.max_lr,
             test_accuracy=self.test_accuracy,
             test_accuracy_std=self.test_accuracy_std,
-            runs=[run.__dict__ for run in self.runs],
+            runs=[
+                {
+                    key: value
+                    for key, value in run.__dict__.items()
+                    if value is not None or key not in ("test_correct", "test_examples")
+                }
+                for run in self.runs
+            ],
         )
         return attrs
 
@@ -206,6 +221,10 @@ class EvaluationSide:
                     steps=[int(step) for step in run.get("steps", [])],
                     test_curve=list(run.get("test_curve", [])),
                     diverged=bool(run.get("diverged", False)),
+                    test_correct=run.get("test_correct"),
+                    test_examples=(
+                        None if run.get("test_examples") is None else int(run["test_examples"])
+                    ),
                 )
                 for run in attrs.get("runs", [])
             ),

@@ -51,6 +51,8 @@ class TrainResult:
     range_test: RangeTestResult | None = None  # the test that chose max_lr, when one ran
     val_correct: str | None = None  # final validation correctness, packed (runs.pack_correct)
     val_examples: int | None = None
+    test_correct: str | None = None  # the same on test, when the test split was measured
+    test_examples: int | None = None
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -126,8 +128,11 @@ def train(
         val_correct = pack_correct(correct_examples(model, data.x_val, data.y_val).numpy())
         val_examples = len(data.x_val)
     test_loss = test_accuracy = None
+    test_correct, test_examples = None, None
     if (evaluate_test or track_test) and diverged is None:
         test_loss, test_accuracy = evaluate(model, data.x_test, data.y_test)
+        test_correct = pack_correct(correct_examples(model, data.x_test, data.y_test).numpy())
+        test_examples = len(data.x_test)
     samples = len(data.x_train) * math.ceil(len(lrs) / steps_per_epoch)
     return TrainResult(
         max_lr=max_lr,
@@ -144,6 +149,8 @@ def train(
         range_test=found,
         val_correct=val_correct,
         val_examples=val_examples,
+        test_correct=test_correct,
+        test_examples=test_examples,
         model=model,
     )
 
@@ -172,7 +179,8 @@ def choose_max_lr(
     the run ``config`` describes (its budget, policy and seed) trains at
     ``range_config.probes`` LRs ``probe_step`` decades apart around that answer, and
     ``probe_refine`` times at two more LRs, half the last step either side of the
-    best so far (by default 3 at 0.75 decades, then 2 at 0.375: 5 runs). The probe
+    best so far (by default 3 at 0.75 decades, then 2 at 0.375: 5 runs; no refinement
+    while every probe has diverged). The probe
     with the best final validation accuracy becomes ``max_lr`` (ties: the smaller
     LR). A curve alone lands within half a decade at best; how much the probes buy
     is measured on the evaluation cases of ``benchmarks/lr_suite.py`` (README, "How
@@ -198,8 +206,10 @@ def choose_max_lr(
     step = range_config.probe_step
     for _ in range(range_config.probe_refine):
         best = _best_probe(probes)
+        if best is None:
+            break  # every probe diverged: there is nothing to refine around
         step /= 2
-        for lr in probe_lrs(found.max_lr if best is None else best.lr, 2, 2 * step):
+        for lr in probe_lrs(best.lr, 2, 2 * step):
             probe(lr)
     best = _best_probe(probes)
     if best is None:

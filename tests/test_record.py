@@ -7,6 +7,7 @@ trained twice can be set up exactly; training could not make them on demand.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,14 @@ from balance.config import StudyConfig, load_study_file
 from balance.pipeline import load_study_record
 from balance.record import StudyRecord, load_record
 from balance.report import _sections as sections
-from balance.runs import Curve, EvaluationRun, EvaluationSide, FinalEvaluation, SeedRun
+from balance.runs import (
+    Curve,
+    EvaluationRun,
+    EvaluationSide,
+    FinalEvaluation,
+    SeedRun,
+    pack_correct,
+)
 from balance.study import chosen_setting
 
 WEIGHT_DECAYS = [0.0, 1e-4, 1e-3]
@@ -183,3 +191,25 @@ def test_the_committed_example_reads_back_to_its_committed_summary(tmp_path: Pat
         k for k in committed if k not in ("storage", "environment") and summary[k] != committed[k]
     }
     assert not different
+
+
+def test_test_runs_keep_their_per_example_correctness_through_the_stored_form() -> None:
+    correct = [True, True, False, True, False]
+    run = EvaluationRun(
+        seed=1,
+        test_accuracy=0.6,
+        steps=[5],
+        test_curve=[0.6],
+        diverged=False,
+        test_correct=pack_correct(correct),
+        test_examples=len(correct),
+    )
+    side = EvaluationSide.from_attrs(
+        json.loads(json.dumps(EvaluationSide.of_runs(0.1, [run]).to_attrs()))
+    )
+    assert side.runs == (run,)
+    stored = side.runs[0].correct()
+    assert stored is not None and stored.tolist() == correct
+    old = {"seed": 0, "test_accuracy": 0.9, "steps": [7], "test_curve": [0.9], "diverged": False}
+    (read,) = EvaluationSide.from_attrs({"runs": [old]}).runs  # stored before the field
+    assert read.correct() is None and read.test_correct is None

@@ -165,11 +165,12 @@ def test_when_every_probe_diverges_the_curves_answer_stays_and_a_warning_says_so
 ) -> None:
     # The sweep diverges at once and falls back to start_lr = 1e4: every probe diverges too.
     range_config = RangeTestConfig(
-        start_lr=1e4, end_lr=1e9, num_steps=20, repeats=1, probes=2, probe_step=0.1, probe_refine=0
+        start_lr=1e4, end_lr=1e9, num_steps=20, repeats=1, probes=2, probe_step=0.1
     )
     with pytest.warns(RangeTestWarning, match="every probe diverged"):
         chosen = choose_max_lr(_config(max_lr=None), range_config, data=digits)
     assert all(probe.val_accuracy is None for probe in chosen.probes)
+    assert len(chosen.probes) == 2  # no refinement round around a run that diverged
     assert chosen.max_lr == chosen.curve_max_lr
 
 

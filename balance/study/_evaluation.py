@@ -89,4 +89,6 @@ def _test_run(config: TrainConfig, data: Dataset) -> EvaluationRun:
         steps=[m.step for m in result.epochs],
         test_curve=[m.test_accuracy for m in result.epochs],
         diverged=result.diverged is not None,
+        test_correct=result.test_correct,
+        test_examples=result.test_examples,
     )
