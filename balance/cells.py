@@ -16,6 +16,7 @@ from balance.config import SEARCHED
 
 if TYPE_CHECKING:
     from balance.record import TrialRecord
+    from balance.runs import SeedRun
 
 
 def cell_key(params: dict[str, Any]) -> str:
@@ -67,6 +68,19 @@ def repeated_runs(trials: Iterable[TrialRecord]) -> set[tuple[int, int]]:
                 repeats.add((trial.number, run.seed))
             seen.add((key, run.seed))
     return repeats
+
+
+def distinct_runs(trials: Iterable[TrialRecord], key: str) -> list[SeedRun]:
+    """The counted runs of cell ``key``, each (cell, seed) once, earliest trial first."""
+    trials = sorted(trials, key=lambda trial: trial.number)
+    repeats = repeated_runs(trials)
+    return [
+        run
+        for trial in trials
+        if not trial.surplus and (trial.cell or cell_key(trial.params)) == key
+        for run in trial.counted_runs
+        if (trial.number, run.seed) not in repeats
+    ]
 
 
 def cell_results(trials: Iterable[TrialRecord], base: dict[str, Any]) -> list[CellResult]:

@@ -46,6 +46,9 @@ def test_grid_trains_every_cell_exactly_once(tmp_path: Path) -> None:
     assert (tmp_path / "grid-once" / "trials.parquet").stat().st_size > 0
     frame = json.loads((tmp_path / "grid-once" / "summary.json").read_text())
     assert frame["best"]["params"].keys() == {"weight_decay", "dropout", "batch_size"}
+    interval = frame["best"]["val_accuracy_interval"]  # seeds and validation examples
+    assert interval["low"] <= frame["best"]["val_accuracy"] <= interval["high"]
+    assert interval["high"] - interval["low"] > 0 and interval["level"] == 0.9
     assert frame["test"]["chosen"]["test_accuracy"] > 0.5
 
 

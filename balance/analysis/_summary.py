@@ -8,6 +8,8 @@ from typing import Any
 import pandas as pd
 
 from balance.analysis._frames import audit
+from balance.analysis._intervals import cell_interval
+from balance.cells import CellResult, distinct_runs
 from balance.record import StudyRecord
 
 
@@ -59,9 +61,19 @@ def summarize(
             "params": best.params,
             "val_accuracy": best.mean,
             "val_accuracy_std": best.std,
+            "val_accuracy_interval": _interval(record, best),
         },
         "test": {} if record.final is None else record.final.to_attrs(),
         "audit": audit(frame, config),
         "wall_time_s": wall_time,
         "environment": environment(config.train.device),
     }
+
+
+def _interval(record: StudyRecord, cell: CellResult) -> dict[str, float] | None:
+    """The cell's two-way bootstrap interval; None when a run kept no per-example data."""
+    rows = [run.correct() for run in distinct_runs(record.trials, cell.key)]
+    if not rows or any(row is None for row in rows):
+        return None
+    interval = cell_interval([row for row in rows if row is not None])
+    return {"low": interval.low, "high": interval.high, "level": interval.level}
