@@ -22,6 +22,7 @@ from study_files import study_config as merged_config
 from balance.analysis import (
     METRIC_LABELS,
     METRICS,
+    analyse_noise,
     balance_grid,
     balance_verdict,
     grid_axes,
@@ -249,13 +250,16 @@ def test_best_cell_is_outlined_and_the_verdict_names_it(
 ) -> None:
     config, root, page_path = finished
     study = load(config, root)
+    record = record_of(study, config)
     grid = balance_grid(
-        runs_frame(record_of(study, config)),
+        runs_frame(record),
         "val_accuracy",
-        trials=trials_frame(record_of(study, config)),
+        trials=trials_frame(record),
         axes=grid_axes(config),
     )
-    verdict = balance_verdict(grid)
+    noise = analyse_noise(record)
+    assert noise is not None  # every run kept its per-example correctness
+    verdict = balance_verdict(grid, noise=noise)
     best = grid["mean"].idxmax()
     assert verdict.best is not None and verdict.runner_up is not None
     assert (verdict.best.batch_size, verdict.best.weight_decay, verdict.best.dropout) == best
@@ -263,17 +267,22 @@ def test_best_cell_is_outlined_and_the_verdict_names_it(
         grid["mean"].max() - grid["mean"].nlargest(2).iloc[1]
     )
     assert {effect.name for effect in verdict.effects} == {"batch_size", "weight_decay", "dropout"}
-    figure = plot_balance(grid, "val_accuracy", chosen=best)
-    outlined = [
-        (size, patch.get_xy())
-        for size, ax in facets(figure).items()
-        for patch in ax.patches
-        if patch.get_gid() == "chosen"
+    close = [
+        (cell.params["batch_size"], cell.params["weight_decay"], cell.params["dropout"])
+        for cell in noise.indistinguishable
     ]
-    assert len(outlined) == 1 and outlined[0][0] == best[0]
+    assert close[0] == best
+    figure = plot_balance(grid, "val_accuracy", chosen=best, indistinguishable=close)
+    marks: dict[str, list[int]] = {"chosen": [], "indistinguishable": []}
+    for size, ax in facets(figure).items():
+        for patch in ax.patches:
+            marks.get(str(patch.get_gid()), []).append(size)
+    assert marks["chosen"] == [best[0]]
+    assert sorted(marks["indistinguishable"]) == sorted(size for size, *_ in close[1:])
     words = Page(page_path.read_text()).words()
     assert all(sentence in words for sentence in verdict.sentences)
-    assert "seed noise" in words or "ties with it" in words
+    assert "cannot be told apart from it" in words or "worse beyond noise" in words
+    assert "Tests of no effect" in words
 
 
 def test_page_is_self_contained(finished: tuple[StudyConfig, Path, Path]) -> None:

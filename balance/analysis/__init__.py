@@ -4,6 +4,7 @@ Nothing here opens a storage: every function takes a
 :class:`~balance.record.StudyRecord` or frames made from one.
 """
 
+from balance.analysis._comparisons import ALPHA, AxisTest, PairedDifference, Separation
 from balance.analysis._frames import (
     FRAME_COLUMNS,
     GRID_INDEX,
@@ -22,6 +23,7 @@ from balance.analysis._grid import (
     grid_axes,
 )
 from balance.analysis._importance import Importances, param_importances
+from balance.analysis._noise import CellEstimate, NoiseAnalysis, analyse_noise
 from balance.analysis._summary import environment, summarize
 from balance.analysis._verdict import (
     AXIS_WORDS,
@@ -33,6 +35,7 @@ from balance.analysis._verdict import (
 )
 
 __all__ = [
+    "ALPHA",
     "AXIS_WORDS",
     "CELL_STATUSES",
     "FRAME_COLUMNS",
@@ -40,10 +43,16 @@ __all__ = [
     "GRID_INDEX",
     "METRICS",
     "METRIC_LABELS",
+    "AxisTest",
     "Cell",
+    "CellEstimate",
     "Effect",
     "Importances",
+    "NoiseAnalysis",
+    "PairedDifference",
+    "Separation",
     "Verdict",
+    "analyse_noise",
     "audit",
     "balance_grid",
     "balance_verdict",

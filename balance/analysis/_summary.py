@@ -8,8 +8,7 @@ from typing import Any
 import pandas as pd
 
 from balance.analysis._frames import audit
-from balance.analysis._intervals import cell_interval
-from balance.cells import CellResult, distinct_runs
+from balance.analysis._noise import NoiseAnalysis, analyse_noise, empty_summary
 from balance.record import StudyRecord
 
 
@@ -29,14 +28,22 @@ def environment(device: str) -> dict[str, Any]:
 
 
 def summarize(
-    record: StudyRecord, frame: pd.DataFrame, *, wall_time: float | None = None
+    record: StudyRecord,
+    frame: pd.DataFrame,
+    *,
+    wall_time: float | None = None,
+    noise: NoiseAnalysis | None = None,
 ) -> dict[str, Any]:
     """The JSON summary: max LR per batch size, best cell, validation and test figures.
 
     ``frame`` is :func:`balance.analysis.trials_frame` of ``record``. The best cell is
     :attr:`balance.record.StudyRecord.best`: its first trial, setting, and mean and std
-    of validation accuracy over seeds.
+    of validation accuracy over seeds. ``noise`` is :func:`analyse_noise` of ``record``
+    (computed here when not given): every cell's interval, the cells indistinguishable
+    from the best, the tests of no effect per axis, what separating the top cells would
+    take and the test split's paired difference.
     """
+    noise = analyse_noise(record) if noise is None else noise
     config = record.config
     states = frame["state"].value_counts().to_dict()
     best = record.best
@@ -61,19 +68,13 @@ def summarize(
             "params": best.params,
             "val_accuracy": best.mean,
             "val_accuracy_std": best.std,
-            "val_accuracy_interval": _interval(record, best),
+            "val_accuracy_interval": None
+            if noise is None
+            else {"low": noise.best.low, "high": noise.best.high, "level": noise.level},
         },
+        **(empty_summary() if noise is None else noise.to_summary()),
         "test": {} if record.final is None else record.final.to_attrs(),
         "audit": audit(frame, config),
         "wall_time_s": wall_time,
         "environment": environment(config.train.device),
     }
-
-
-def _interval(record: StudyRecord, cell: CellResult) -> dict[str, float] | None:
-    """The cell's two-way bootstrap interval; None when a run kept no per-example data."""
-    rows = [run.correct() for run in distinct_runs(record.trials, cell.key)]
-    if not rows or any(row is None for row in rows):
-        return None
-    interval = cell_interval([row for row in rows if row is not None])
-    return {"low": interval.low, "high": interval.high, "level": interval.level}

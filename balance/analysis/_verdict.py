@@ -6,7 +6,9 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
+from balance.analysis._comparisons import POWER
 from balance.analysis._frames import GRID_INDEX, METRIC_LABELS
+from balance.analysis._noise import CellEstimate, NoiseAnalysis
 from balance.cells import CellResult, rank
 
 
@@ -85,6 +87,7 @@ class Verdict(NamedTuple):
     cells: int
     effects: list[Effect]
     sentences: list[str]
+    noise: NoiseAnalysis | None = None
 
 
 AXIS_WORDS = {"batch_size": "batch size", "weight_decay": "weight decay", "dropout": "dropout"}
@@ -117,6 +120,7 @@ def balance_verdict(
     higher_is_better: bool = True,
     metric: str = "val_accuracy",
     unit: str = "cell",
+    noise: NoiseAnalysis | None = None,
 ) -> Verdict:
     """The verdict on a :func:`balance_grid`, in numbers and in plain sentences.
 
@@ -128,6 +132,12 @@ def balance_verdict(
     seed noise. ``effects`` default to :func:`regularizer_effects` of the grid
     (pass those of a binned grid for a Bayesian study). ``unit`` names a grid row in
     the sentences: ``cell``, or ``trial`` where each row is one trial's setting.
+
+    With ``noise`` (:func:`balance.analysis.analyse_noise`, validation accuracy
+    only) the comparisons carry their noise instead: the best cell's interval, the
+    cells indistinguishable from it, each axis' test of no effect (only detectable
+    effects are ranked), what separating the top two would take, and the runner-up
+    is within noise when it is indistinguishable from the best.
     """
     words = METRIC_LABELS.get(metric, metric)
     effects = (
@@ -160,6 +170,25 @@ def balance_verdict(
     best = _cell(data.index[0], data.iloc[0])
     runner = _cell(data.index[1], data.iloc[1]) if len(data) > 1 else None
     tied = int(((data["mean"] - best.mean).abs() <= 1e-12).sum())
+    if noise is not None and metric == "val_accuracy":
+        sentences = _noise_sentences(noise, unit, tied)
+        if unit == "cell":
+            sentences += _edge_sentences(grid, best)
+        if tail:
+            sentences.append("Not measured: " + ", ".join(tail) + ".")
+        within = None if noise.runner_up is None else noise.runner_up.indistinguishable
+        return Verdict(
+            metric,
+            best,
+            runner,
+            None if runner is None else abs(best.mean - runner.mean),
+            within,
+            max(0, len(noise.indistinguishable) - 1),
+            len(data),
+            effects,
+            sentences,
+            noise,
+        )
     sentences = [f"The balance found: {best.setting()}, with {words} {_mean_std(best)}."]
     if tied > 1:
         sentences.append(
@@ -185,8 +214,8 @@ def balance_verdict(
                 f"{unit}s cannot be told apart."
             )
         elif best.seeds >= 2 and runner.seeds >= 2:
-            noise = max(best.std, runner.std)
-            within = difference <= noise
+            seed_noise = max(best.std, runner.std)
+            within = difference <= seed_noise
             judged = (
                 f"within seed noise: the top {unit}s cannot be told apart with these seeds"
                 if within
@@ -239,3 +268,107 @@ def _mean_std(cell: Cell) -> str:
     if cell.seeds >= 2:
         return f"{cell.mean:.3f} ± {cell.std:.3f} (mean ± std over {cell.seeds} seeds)"
     return f"{cell.mean:.3f} (one seed)"
+
+
+def _setting(cell: CellEstimate) -> str:
+    params = cell.params
+    return (
+        f"weight decay {params['weight_decay']:.3g}, dropout {params['dropout']:.3g}, "
+        f"batch size {params['batch_size']}"
+    )
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:.2f} points"
+
+
+def _noise_sentences(noise: NoiseAnalysis, unit: str, tied: int) -> list[str]:
+    """The verdict's sentences when every comparison carries its noise."""
+    best, level = noise.best, f"{100 * noise.level:.0f}%"
+    seeds = "one seed" if best.seeds == 1 else f"{best.seeds} seeds"
+    sentences = [
+        f"The balance found: {_setting(best)}, with validation accuracy {best.mean:.3f} "
+        f"({level} interval {best.low:.3f} to {best.high:.3f}, over {seeds} and "
+        f"{noise.examples:,} validation examples)."
+    ]
+    if tied > 1:
+        sentences.append(
+            f"{tied} {unit}s tie at this mean; the one with more seeds, then the smallest "
+            "weight decay, dropout and batch size, is named."
+        )
+    others = len(noise.cells) - 1
+    close = len(noise.indistinguishable) - 1
+    tests = f"at the {100 * noise.alpha:.0f}% level, corrected for comparing {others + 1} {unit}s"
+    if others == 0:
+        sentences.append(f"Only one {unit} is measured: there is nothing to compare it with.")
+    elif close == 0:
+        sentences.append(
+            f"Every other {unit} is worse beyond noise ({tests}): the best stands out."
+        )
+    else:
+        which = f"All {others} other {unit}s" if close == others else f"{close} of {others} other"
+        which += "" if close == others else (f" {unit}s" if others > 1 else f" {unit}")
+        sentences.append(
+            f"{which} cannot be told apart from it ({tests}); "
+            f"{'they are' if close > 1 else 'it is'} marked on the heatmaps."
+        )
+    detectable = sorted((t for t in noise.axes if t.detectable), key=lambda t: -abs(t.effect))
+    for position, test in enumerate(detectable):
+        lead = (
+            "has the largest detectable effect"
+            if position == 0 and len(detectable) > 1
+            else ("has a detectable effect")
+        )
+        sentences.append(
+            f"{AXIS_WORDS[test.name].capitalize()} {lead}: {_points(test.effect)} between "
+            f"{test.best_value:.3g} (best) and {test.worst_value:.3g} (worst) ({level} interval "
+            f"{100 * test.low:.2f} to {_points(test.high)}; p = {test.p_holm:.2g}, Holm)."
+        )
+    quiet = [t for t in noise.axes if not t.detectable]
+    if quiet:
+        sentences.append(
+            "No detectable effect: "
+            + "; ".join(
+                f"{AXIS_WORDS[t.name]} (p = {t.p_holm:.2g}; {_points(t.effect)} between its best "
+                f"and worst value, {level} interval {100 * t.low:.2f} to {_points(t.high)})"
+                for t in quiet
+            )
+            + "."
+        )
+    sentences += _separation_sentences(noise, unit)
+    return sentences
+
+
+def _separation_sentences(noise: NoiseAnalysis, unit: str) -> list[str]:
+    """What separating the best from the runner-up would take, in plain words."""
+    runner, plan = noise.runner_up, noise.separation
+    if runner is None or plan is None:
+        return []
+    lead = (
+        f"The runner-up ({_setting(runner)}, {runner.mean:.3f}) trails by "
+        f"{_points(plan.difference)}"
+    )
+    if plan.detectable is None:
+        return [
+            f"{lead}; with one seed per {unit} the seed noise is unknown (set seeds >= 2 "
+            "to say what separating them would take)."
+        ]
+    sentences = [
+        f"{lead}; this study separates two {unit}s with {100 * POWER:.0f}% probability only "
+        f"when they differ by {_points(plan.detectable)} or more."
+    ]
+    if plan.difference <= 0:
+        sentences.append("The best and the runner-up tie: no number of seeds separates them.")
+        return sentences
+    if runner.indistinguishable:
+        ways = []
+        if plan.seeds_needed is not None:
+            ways.append(f"about {plan.seeds_needed} seeds per {unit} at this validation split")
+        if plan.examples_needed is not None:
+            ways.append(f"about {plan.examples_needed:,} validation examples at {plan.seeds} seeds")
+        sentences.append(
+            "Separating these two would take "
+            + (" or ".join(ways) if ways else "more seeds and more validation examples together")
+            + "."
+        )
+    return sentences

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from balance.analysis import GRID_INDEX
+from balance.analysis import GRID_INDEX, PairedDifference
 from balance.config import StudyConfig, TrainConfig
 from balance.optim import WEIGHT_DECAY_COUPLING
 from balance.range_test import RangeTestResult
@@ -299,6 +299,24 @@ def test_words(final: FinalEvaluation, curves: pd.DataFrame) -> list[str]:
                 f"accuracy ({target:.3f})."
             )
     return words
+
+
+def test_difference_words(test: PairedDifference) -> str:
+    """The chosen-minus-baseline test difference, with its interval, in plain words."""
+    level = f"{100 * test.level:.0f}%"
+    judged = (
+        "1cycle's win is beyond noise"
+        if test.low > 0
+        else "the baseline's win is beyond noise"
+        if test.high < 0
+        else "no detectable difference: the interval includes zero"
+    )
+    return (
+        f"Chosen minus baseline: {100 * test.difference:+.2f} points of test accuracy "
+        f"({level} interval {100 * test.low:+.2f} to {100 * test.high:+.2f}, paired over "
+        f"{test.seeds} seed{'s' if test.seeds != 1 else ''} and {test.examples:,} test "
+        f"examples): {judged}."
+    )
 
 
 # --------------------------------------------------------------------------- trials

@@ -13,6 +13,7 @@ from balance.analysis import (
     AXIS_WORDS,
     METRIC_LABELS,
     METRICS,
+    NoiseAnalysis,
     balance_grid,
     balance_verdict,
     batch_size_table,
@@ -110,12 +111,18 @@ def schedule_section(
 
 
 def balance_section(
-    record: StudyRecord, runs: pd.DataFrame, trials: pd.DataFrame
+    record: StudyRecord,
+    runs: pd.DataFrame,
+    trials: pd.DataFrame,
+    noise: NoiseAnalysis | None = None,
 ) -> dict[str, Any]:
-    """The heatmaps (or the scatter of a Bayesian study), the verdict and the effects table.
+    """The heatmaps (or the scatter of a Bayesian study), the verdict and the effects tables.
 
     The best cell is the record's (:attr:`balance.record.StudyRecord.best`) in the
-    verdict, in every heatmap's outline and as the scatter's star.
+    verdict, in every heatmap's outline and as the scatter's star; ``noise``
+    (:func:`balance.analysis.analyse_noise`) makes the verdict's comparisons, the
+    dashed outlines of the cells indistinguishable from the best, and the table of
+    tests of no effect.
     """
     config = record.config
     best_cell = record.best
@@ -129,8 +136,21 @@ def balance_section(
         binned = bin_ranges(runs, config, bins=BAYES_BINS)
         effects = regularizer_effects(balance_grid(binned, "val_accuracy"))
     verdict = balance_verdict(
-        accuracy, chosen=best_cell, effects=effects, unit="cell" if axes is not None else "trial"
+        accuracy,
+        chosen=best_cell,
+        effects=effects,
+        unit="cell" if axes is not None else "trial",
+        noise=noise,
     )
+    close = (
+        []
+        if noise is None
+        else [
+            (int(cell.params["batch_size"]), float(cell.params["weight_decay"]),
+             float(cell.params["dropout"]))
+            for cell in noise.indistinguishable
+        ]
+    )  # fmt: skip
     chosen = (
         None
         if verdict.best is None
@@ -138,7 +158,9 @@ def balance_section(
     )
     if axes is not None and len(accuracy):
         for metric in METRICS if measured else ("val_accuracy",):
-            figure = heatmaps.plot_balance(grids[metric], metric, chosen=chosen)
+            figure = heatmaps.plot_balance(
+                grids[metric], metric, chosen=chosen, indistinguishable=close
+            )
             figures.append(
                 (
                     metric,
@@ -205,6 +227,8 @@ def balance_section(
         "balance_figures": figures,
         "measured": measured,
         "verdict": verdict,
+        "noise": noise,
+        "noise_table": "" if noise is None else _noise_table(noise),
         "effects_table": effects_table,
         "bins": BAYES_BINS,
         "accuracy_grid": accuracy,
@@ -240,8 +264,31 @@ def batch_size_section(
     }
 
 
-def test_section(record: StudyRecord) -> dict[str, Any]:
-    """The chosen cell and the baseline on the test split, in a figure and in words."""
+def _noise_table(noise: NoiseAnalysis) -> str:
+    """Each axis' test of no effect: the effect with its interval, the p-values, the call."""
+    rows = [
+        {
+            "axis": AXIS_WORDS[test.name],
+            "values": test.levels,
+            "best value": f"{test.best_value:.3g}",
+            "worst value": f"{test.worst_value:.3g}",
+            "effect (points)": f"{100 * test.effect:.2f}",
+            f"{100 * noise.level:.0f}% interval": f"{100 * test.low:.2f} to {100 * test.high:.2f}",
+            "p": f"{test.p_value:.3g}",
+            "p (Holm)": f"{test.p_holm:.3g}",
+            "detectable": "yes" if test.detectable else "no",
+        }
+        for test in noise.axes
+    ]
+    return _html_table(pd.DataFrame(rows), {}) if rows else ""
+
+
+def test_section(record: StudyRecord, noise: NoiseAnalysis | None = None) -> dict[str, Any]:
+    """The chosen cell and the baseline on the test split, in a figure and in words.
+
+    With ``noise``, the words give the paired chosen-minus-baseline difference and
+    say whether it is beyond noise.
+    """
     final, config = record.final, record.config
     if final is None:
         return {
@@ -252,6 +299,8 @@ def test_section(record: StudyRecord) -> dict[str, Any]:
         }
     curves = data.test_curves(final, config)
     words = data.test_words(final, curves)
+    if noise is not None and noise.test is not None:
+        words.append(data.test_difference_words(noise.test))
     best = record.best
     if best is not None and best.params != final.params:
         words.append(

@@ -6,7 +6,7 @@ Built on the Agg canvas without pyplot, like :mod:`balance.report.plots`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import pandas as pd
@@ -54,7 +54,11 @@ def _limits(values: Any, metric: str) -> tuple[float, float]:
 
 
 def plot_balance(
-    grid: pd.DataFrame, metric: str, *, chosen: tuple[int, float, float] | None = None
+    grid: pd.DataFrame,
+    metric: str,
+    *,
+    chosen: tuple[int, float, float] | None = None,
+    indistinguishable: Collection[tuple[int, float, float]] = (),
 ) -> Figure:
     """Seaborn heatmaps of weight decay (rows, growing upwards) x dropout, one per batch size.
 
@@ -62,7 +66,9 @@ def plot_balance(
     scale; each measured cell reads ``mean ± std`` over seeds; a cell with no
     measurement is hatched and says why (``diverged``, ``running``, ``queued``,
     ``pruned``, ``failed``, or ``—`` for no trial). Axes are in numeric order. The
-    ``chosen`` cell ``(batch_size, weight_decay, dropout)`` is outlined in black.
+    ``chosen`` cell ``(batch_size, weight_decay, dropout)`` is outlined in black;
+    the ``indistinguishable`` cells (validation accuracy within noise of the chosen
+    one) get a dashed outline.
     """
     import seaborn as sns
     from matplotlib.cm import ScalarMappable
@@ -140,6 +146,22 @@ def plot_balance(
                         "alpha": 0.85,
                     },
                 )
+        for batch_size, wd, dropout in indistinguishable:
+            if batch_size != size or (batch_size, wd, dropout) == chosen:
+                continue
+            ax.add_patch(
+                Rectangle(
+                    (dropouts.index(dropout) + 0.06, weight_decays.index(wd) + 0.06),
+                    0.88,
+                    0.88,
+                    fill=False,
+                    edgecolor="black",
+                    linewidth=1.6,
+                    linestyle=(0, (3, 2)),
+                    zorder=4,
+                    gid="indistinguishable",
+                )
+            )
         if chosen is not None and chosen[0] == size:
             row, column = weight_decays.index(chosen[1]), dropouts.index(chosen[2])
             ax.add_patch(

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from balance.analysis import runs_frame, trials_frame
+from balance.analysis import analyse_noise, runs_frame, trials_frame
 from balance.config import FloatRange
 from balance.record import StudyRecord
 from balance.report import _data as data
@@ -100,10 +100,11 @@ def report_context(
     }
     context.update(sections.range_test_section(record))
     context.update(sections.schedule_section(config, lrs, steps))
-    balance = sections.balance_section(record, runs, trials)
+    noise = analyse_noise(record)
+    balance = sections.balance_section(record, runs, trials, noise)
     context.update(balance)
     context.update(sections.batch_size_section(balance["accuracy_grid"], lrs, config))
-    context.update(sections.test_section(record))
+    context.update(sections.test_section(record, noise))
     context.update(sections.importance_section(record))
     context.update(sections.trials_section(record, trials))
     return context

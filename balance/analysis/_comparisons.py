@@ -1,0 +1,292 @@
+"""Comparisons that carry their noise: which cells could be the best, which axes matter.
+
+Every cell of a study is measured on the same validation examples, and cells
+share seeds, so they are compared paired (:mod:`balance.analysis._intervals` for
+the bootstrap). Three questions, each answered at a stated level:
+
+- **Which cells are indistinguishable from the best?** Simultaneous comparisons:
+  for every pair of cells, the bootstrap difference is centred and divided by its
+  bootstrap standard error; the critical value is the ``1 - ALPHA`` quantile of the
+  largest such statistic over all pairs (a max-t test). A cell is worse than the
+  best when the best's lead minus that critical value times its standard error is
+  still above zero. The maximum over all pairs accounts both for the number of
+  cells and for the best having been picked from the same data.
+- **Does an axis have a detectable effect?** A permutation test of no effect: the
+  statistic is the spread of the axis' marginal means (cell means averaged over
+  the other axes); runs are permuted between the axis' values among cells that
+  share every other axis and the seed. Holm's correction runs over the axes. The
+  effect size is the difference between the best and worst value's marginal
+  means, with its bootstrap interval.
+- **What would it take?** The smallest difference the study separates with
+  probability ``POWER``, and the seeds or validation examples the best and the
+  runner-up would need, from an approximate split of their paired difference's
+  variance into a seed part (scales with 1 / seeds) and an example part (1 / examples).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from balance.analysis._intervals import (
+    LEVEL,
+    example_weights,
+    percentile_interval,
+    seed_resampled,
+)
+
+ALPHA = 0.05
+"""The level of every test: a one-sided 5% test matches the lower end of a 90% interval."""
+
+POWER = 0.8
+"""The chance of separating a difference that "what it would take" plans for."""
+
+
+@dataclass(frozen=True)
+class CellRuns:
+    """One cell's distinct seed runs as a seeds x examples correctness matrix."""
+
+    key: str
+    params: dict[str, Any]
+    seeds: tuple[int, ...]
+    correct: np.ndarray
+
+    @property
+    def mean(self) -> float:
+        """Mean accuracy over seeds and examples."""
+        return float(self.correct.mean())
+
+
+def critical_value(means: np.ndarray, observed: np.ndarray, alpha: float = ALPHA) -> float:
+    """The max-t critical value over every ordered pair of cells.
+
+    ``means`` is resamples x cells bootstrap means, ``observed`` the cells' means.
+    """
+    cells = len(observed)
+    if cells < 2:
+        return math.nan
+    largest = np.full(len(means), -np.inf)
+    for first in range(cells):
+        lead = means[:, [first]] - means
+        error = lead.std(axis=0, ddof=1)
+        centred = (lead - (observed[first] - observed)) / np.where(error > 0, error, np.inf)
+        centred[:, first] = -np.inf
+        largest = np.maximum(largest, centred.max(axis=1))
+    return float(np.quantile(largest, 1 - alpha))
+
+
+def worse_than(
+    means: np.ndarray, observed: np.ndarray, best: int, critical: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell: whether it is separated below cell ``best``, and the lead's standard error."""
+    lead = means[:, [best]] - means
+    error = lead.std(axis=0, ddof=1)
+    bound = (observed[best] - observed) - critical * error
+    separated = np.where(error > 0, bound > 0, observed[best] - observed > 0)
+    separated[best] = False
+    return separated, error
+
+
+class AxisTest(NamedTuple):
+    """The test of no effect of one axis, and its effect size with an interval."""
+
+    name: str
+    levels: int
+    p_value: float
+    p_holm: float
+    detectable: bool
+    best_value: float
+    worst_value: float
+    effect: float  # best value's marginal mean minus the worst's
+    low: float
+    high: float
+    permutations: int
+
+
+def _marginal_matrix(values: Sequence[float]) -> tuple[list[float], np.ndarray]:
+    """The distinct values and a cells x values matrix that averages cells per value."""
+    levels = sorted(set(values))
+    matrix = np.zeros((len(values), len(levels)))
+    for cell, value in enumerate(values):
+        matrix[cell, levels.index(value)] = 1.0
+    return levels, matrix / matrix.sum(axis=0)
+
+
+def permutation_p_value(
+    cells: Sequence[CellRuns],
+    values: Sequence[float],
+    strata: Sequence[Any],
+    rng: np.random.Generator,
+    permutations: int,
+) -> float:
+    """P-value of the spread of marginal means of ``values`` under permuted run labels.
+
+    Runs are permuted among the cells of one stratum (the other axes' values) that
+    trained the same seed.
+    """
+    _, marginal = _marginal_matrix(values)
+    groups: dict[tuple[Any, int], int] = {}
+    accuracy, group, owner = [], [], []
+    for index, cell in enumerate(cells):
+        for seed, row in zip(cell.seeds, cell.correct, strict=True):
+            accuracy.append(float(row.mean()))
+            group.append(groups.setdefault((strata[index], seed), len(groups)))
+            owner.append(index)
+    order = np.argsort(group, kind="stable")
+    accuracy_sorted = np.asarray(accuracy)[order]
+    group_sorted = np.asarray(group, dtype=float)[order]
+    owner_sorted = np.asarray(owner)[order]
+    average = np.zeros((len(order), len(cells)))
+    average[np.arange(len(order)), owner_sorted] = 1.0
+    average /= average.sum(axis=0)
+
+    def spread(runs: np.ndarray) -> np.ndarray:
+        level_means = runs @ average @ marginal
+        return level_means.max(axis=-1) - level_means.min(axis=-1)
+
+    observed = float(spread(accuracy_sorted))
+    # Integer group ids plus a uniform key sort each group's slots among themselves.
+    keys = group_sorted + rng.random((permutations, len(order)))
+    shuffled = accuracy_sorted[np.argsort(keys, axis=1)]
+    as_large = int((spread(shuffled) >= observed - 1e-12).sum())
+    return (1 + as_large) / (1 + permutations)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input's order."""
+    order = sorted(range(len(p_values)), key=lambda index: p_values[index])
+    adjusted = [0.0] * len(p_values)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def axis_tests(
+    cells: Sequence[CellRuns],
+    means: np.ndarray,
+    axes: Mapping[str, Sequence[float]],
+    rng: np.random.Generator,
+    *,
+    permutations: int = 2000,
+    level: float = LEVEL,
+) -> list[AxisTest]:
+    """A test of no effect for every axis with two or more values, Holm-corrected.
+
+    ``axes`` maps an axis to each cell's value on it (binned for a range axis);
+    ``means`` are the cells' bootstrap means, for the effect's interval.
+    """
+    observed = np.array([cell.mean for cell in cells])
+    tested = []
+    for name, values in axes.items():
+        if len(set(values)) < 2:
+            continue
+        strata = [
+            tuple(other[index] for key, other in axes.items() if key != name)
+            for index in range(len(cells))
+        ]
+        p_value = permutation_p_value(cells, values, strata, rng, permutations)
+        levels, marginal = _marginal_matrix(values)
+        level_means = observed @ marginal
+        best = int(np.argmax(level_means))
+        # Another value than the best, even when every marginal mean is equal.
+        worst = min((i for i in range(len(levels)) if i != best), key=lambda i: level_means[i])
+        contrast = means @ (marginal[:, best] - marginal[:, worst])
+        low, high = percentile_interval(contrast, level)
+        effect = float(level_means[best] - level_means[worst])
+        tested.append((name, len(levels), p_value, levels[best], levels[worst], effect, low, high))
+    adjusted = holm([row[2] for row in tested])
+    return [
+        AxisTest(*row[:3], p_holm, p_holm < ALPHA, *row[3:], permutations)
+        for row, p_holm in zip(tested, adjusted, strict=True)
+    ]
+
+
+class Separation(NamedTuple):
+    """What separating the best from the runner-up would take.
+
+    ``detectable`` is the smallest difference the study separates with probability
+    :data:`POWER` at its seeds and examples. ``seeds_needed`` (per cell, at this
+    split) and ``examples_needed`` (at these seeds) are ``None`` when that change
+    alone cannot do it (the other part's noise already exceeds the difference) or
+    when the seed noise is unknown (one seed); both are ``None`` for equal means.
+    """
+
+    difference: float
+    detectable: float | None
+    seeds: int
+    examples: int
+    seeds_needed: int | None
+    examples_needed: int | None
+
+
+def separation(best: CellRuns, runner: CellRuns, critical: float) -> Separation:
+    """What separating ``runner`` from ``best`` would take (an approximate plan)."""
+    seeds = min(len(best.seeds), len(runner.seeds))
+    examples = best.correct.shape[1]
+    difference = best.mean - runner.mean
+    # The example part: the paired per-example difference of seed-averaged correctness.
+    per_example = best.correct.mean(axis=0) - runner.correct.mean(axis=0)
+    example_part = float(per_example.var(ddof=1)) / examples
+    if seeds < 2 or not math.isfinite(critical):
+        return Separation(difference, None, seeds, examples, None, None)
+    seed_part = sum(
+        float(cell.correct.mean(axis=1).var(ddof=1)) / len(cell.seeds) for cell in (best, runner)
+    )
+    factor = critical + NormalDist().inv_cdf(POWER)
+    detectable = factor * math.sqrt(seed_part + example_part)
+    target = (difference / factor) ** 2  # the variance the difference can afford
+    seeds_needed = examples_needed = None
+    if difference > 0 and target > example_part:
+        seeds_needed = max(seeds, math.ceil(seeds * seed_part / (target - example_part)))
+    if difference > 0 and target > seed_part:
+        examples_needed = max(examples, math.ceil(examples * example_part / (target - seed_part)))
+    return Separation(difference, detectable, seeds, examples, seeds_needed, examples_needed)
+
+
+class PairedDifference(NamedTuple):
+    """One side minus the other on the same examples and seeds, with its interval."""
+
+    difference: float
+    low: float
+    high: float
+    level: float
+    seeds: int
+    examples: int
+
+    @property
+    def beyond_noise(self) -> bool:
+        """Whether the interval excludes zero."""
+        return self.low > 0 or self.high < 0
+
+
+def paired_difference(
+    first: np.ndarray,
+    second: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    resamples: int = 2000,
+    level: float = LEVEL,
+) -> PairedDifference:
+    """``first`` minus ``second``: seeds x examples matrices paired row by row and by column.
+
+    Examples are resampled together, seeds as pairs (row ``i`` of both trained seed ``i``).
+    """
+    if first.shape != second.shape:
+        raise ValueError(f"paired runs differ in shape: {first.shape} and {second.shape}")
+    seeds, examples = first.shape
+    per_seed = (
+        example_weights(examples, rng, resamples)
+        @ (first.astype(float) - second.astype(float)).T
+        / examples
+    )
+    differences = seed_resampled(per_seed, rng)
+    low, high = percentile_interval(differences, level)
+    mean = float(first.mean() - second.mean())
+    return PairedDifference(mean, low, high, level, seeds, examples)
