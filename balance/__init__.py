@@ -21,13 +21,13 @@ if TYPE_CHECKING:
         RangeTestConfig,
         StudyConfig,
         TrainConfig,
-        load_study_file,
     )
     from balance.pipeline import load_study_record, preflight, report, sweep
     from balance.range_test import RangeTestResult, find_max_lr, range_test
     from balance.record import StudyRecord
     from balance.report import build_report
     from balance.study import run_worker
+    from balance.study_file import load_study_file
     from balance.train import TrainResult, choose_max_lr, train
 
 _EXPORTS = {
@@ -35,7 +35,7 @@ _EXPORTS = {
     "RangeTestConfig": "balance.config",
     "StudyConfig": "balance.config",
     "TrainConfig": "balance.config",
-    "load_study_file": "balance.config",
+    "load_study_file": "balance.study_file",
     "load_study_record": "balance.pipeline",
     "preflight": "balance.pipeline",
     "report": "balance.pipeline",

@@ -259,7 +259,7 @@ DEFAULT_ROOT = Path("reports")
 
 
 def _load_study(path: Path) -> "StudyConfig":
-    from balance.config import load_study_file
+    from balance.study_file import load_study_file
 
     try:
         return load_study_file(path)

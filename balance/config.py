@@ -22,8 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-BUILTIN_DATA = ("mnist1d", "digits", "fashion-mnist", "mnist", "cifar10")
-"""Data sets balance knows by name; ``mnist1d`` and ``digits`` need no files."""
+BUILTIN_DATA = ("mnist1d", "mnist1d-10k", "digits", "fashion-mnist", "mnist", "cifar10")
+"""Data sets balance knows by name; ``mnist1d``, ``mnist1d-10k`` and ``digits`` need no files."""
 
 BUILTIN_MODELS = ("mlp", "cnn1d", "convnet", "resnet20", "resnet56")
 """Models balance knows by name; anything else must be ``"module:function"``."""
@@ -362,7 +362,9 @@ class StudyConfig(_Strict):
 
     Each trial trains ``seeds`` runs of the base configuration with the trial's
     ``weight_decay``, ``dropout`` and ``batch_size``, all for ``train.epochs``
-    epochs, so batch sizes are compared at equal passes over the data.
+    epochs, so batch sizes are compared at equal passes over the data. With
+    ``race``, rounds of ``seeds`` more seeds go only to the cells not yet separated
+    from the best, up to ``max_seeds`` a cell.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="study name")
@@ -374,6 +376,8 @@ class StudyConfig(_Strict):
     pruner: PrunerName = "none"
     n_trials: int | None = Field(None, ge=1, description="trials for tpe/gp/random")
     seeds: int = Field(1, ge=1, description="training runs per trial, averaged")
+    race: bool = Field(False, description="grid: more seeds only for cells not yet separated")
+    max_seeds: int | None = Field(None, ge=2, description="racing: the most seeds a cell gets")
     lr_scaling: LrScaling = Field(
         "range-test", description="max LR per batch size: own range test, or scaled from one"
     )
@@ -398,6 +402,10 @@ class StudyConfig(_Strict):
                 )
         elif self.n_trials is None:
             raise ValueError(f"n_trials is required for sampler {self.sampler!r}")
+        if self.race and (self.sampler != "grid" or (self.max_seeds or 0) <= self.seeds):
+            raise ValueError(
+                f"race = true needs sampler 'grid' and max_seeds above seeds ({self.seeds})"
+            )
         if self.baseline is not None:
             baseline = TrainConfig.model_validate({**self.train.model_dump(), **self.baseline})
             if baseline.max_lr is None and baseline.batch_size not in self.batch_sizes:
@@ -428,23 +436,3 @@ class StudyConfig(_Strict):
             "lr_scaling": self.lr_scaling,
             "train": self.train.model_dump(mode="json", exclude={"threads", "device"}),
         }
-
-
-def load_study_file(path: Path) -> StudyConfig:
-    """Read and validate a TOML study file; every problem is reported at once.
-
-    Raises:
-        ConfigError: the file is missing, not TOML, or invalid (one line per problem).
-    """
-    import tomllib
-
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise ConfigError(f"study: cannot read {path}: {error.strerror}") from None
-    try:
-        values = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"study: {path} is not valid TOML: {error}") from None
-    values.setdefault("name", Path(path).stem)
-    return build(StudyConfig, values)

@@ -88,9 +88,13 @@ def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
             os.unlink(tmp)
 
 
-def _mnist1d_arrays() -> dict[str, np.ndarray]:
-    """MNIST-1D as generated from the package's built-in templates (seed 42, 5,000 samples)."""
-    path = cache_dir() / f"mnist1d-v{MNIST1D_CACHE_VERSION}.npz"
+def _mnist1d_arrays(samples: int = 5000) -> dict[str, np.ndarray]:
+    """MNIST-1D as generated from the package's built-in templates (seed 42).
+
+    ``samples`` examples in all, 80% of them the training part (the package's split).
+    """
+    suffix = "" if samples == 5000 else f"-{samples}"
+    path = cache_dir() / f"mnist1d-v{MNIST1D_CACHE_VERSION}{suffix}.npz"
     if path.exists():
         with np.load(path) as stored:
             return {key: stored[key] for key in stored.files}
@@ -99,8 +103,10 @@ def _mnist1d_arrays() -> dict[str, np.ndarray]:
     # make_dataset builds from templates; get_dataset (the download path) is never used.
     # It reseeds the global `random` and NumPy generators: put the caller's state back.
     random_state, numpy_state = random.getstate(), np.random.get_state()
+    args = get_dataset_args()
+    args.num_samples = samples
     try:
-        generated = make_dataset(get_dataset_args())
+        generated = make_dataset(args)
     finally:
         random.setstate(random_state)
         np.random.set_state(numpy_state)
@@ -114,8 +120,8 @@ def _mnist1d_arrays() -> dict[str, np.ndarray]:
     return arrays
 
 
-def _load_mnist1d(_: Path | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    arrays = _mnist1d_arrays()
+def _load_mnist1d(_: Path | None, samples: int = 5000) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    arrays = _mnist1d_arrays(samples)
     return (
         torch.from_numpy(arrays["x"]).unsqueeze(1),
         torch.from_numpy(arrays["y"]),
@@ -245,6 +251,8 @@ Loader = Callable[[Path | None], tuple[Tensor, Tensor, Tensor, Tensor]]
 
 LOADERS: dict[str, Loader] = {
     "mnist1d": _load_mnist1d,
+    # Twice the samples from the same templates: room for a validation split of thousands.
+    "mnist1d-10k": lambda path: _load_mnist1d(path, samples=10_000),
     "digits": _load_digits,
     "fashion-mnist": _load_idx_set,
     "mnist": _load_idx_set,

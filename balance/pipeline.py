@@ -32,6 +32,7 @@ from balance.study import (
     fail_dead_workers,
     fix_max_lrs,
     load_study_data,
+    race,
     run_workers,
     worker_plan,
 )
@@ -162,6 +163,7 @@ def sweep(
     prepare(config, url, data)
     run_workers(config, url, n_workers, on_progress)
     study, _ = open_existing(config.name, url)
+    race(study, config, lambda: run_workers(config, url, n_workers, on_progress))
     threads = worker_plan(config, n_workers)[0][0]
     evaluate_on_test(study, config, data, threads=threads, workers=n_workers)
     record = load_record(study, config, storage=url)

@@ -44,6 +44,8 @@ _SEEDS = "seeds"  # the seeds the trial trains, fixed when it starts
 _DIVERGED = "diverged"  # {"seed", "step", "lr"} of the run whose loss became non-finite
 _FAIL_REASON = "fail_reason"  # why a trial failed without diverging ("worker died")
 _REQUEUED_FROM = "requeued_from"  # the interrupted trial whose cell this queued trial retrains
+_RACE_ROUND = "race_round"  # the racing round that queued the trial (absent: the grid's own)
+_SEED_COUNT = "seed_count"  # seeds a queued racing trial trains (absent: the study's seeds)
 _VAL_ACCURACY_STD = "val_accuracy_std"
 _VAL_LOSS = "val_loss"
 _TRAIN_LOSS = "train_loss"
@@ -85,6 +87,8 @@ class TrialRecord:
     requeued_from: int | None
     started: datetime | None
     completed: datetime | None
+    race_round: int | None = None
+    seed_count: int | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -135,6 +139,8 @@ class TrialRecord:
             requeued_from=attrs.get(_REQUEUED_FROM),
             started=trial.datetime_start,
             completed=trial.datetime_complete,
+            race_round=attrs.get(_RACE_ROUND),
+            seed_count=attrs.get(_SEED_COUNT),
         )
 
 
@@ -159,6 +165,12 @@ def queued_cell(trial: optuna.Trial) -> str | None:
     """The cell key a queued trial was enqueued with, ``None`` for a trial Optuna made up."""
     key = trial.user_attrs.get(_CELL)
     return None if key is None else str(key)
+
+
+def queued_seed_count(trial: optuna.Trial) -> int | None:
+    """How many seeds a queued racing trial trains; ``None``: the study's ``seeds``."""
+    count = trial.user_attrs.get(_SEED_COUNT)
+    return None if count is None else int(count)
 
 
 def mark_surplus(trial: optuna.Trial) -> None:
@@ -217,12 +229,25 @@ def save_means(trial: optuna.Trial, runs: Sequence[SeedRun]) -> None:
 
 
 def enqueue_cell(
-    study: optuna.Study, cell: dict[str, Any], *, requeued_from: int | None = None
+    study: optuna.Study,
+    cell: dict[str, Any],
+    *,
+    requeued_from: int | None = None,
+    race_round: int | None = None,
+    seed_count: int | None = None,
 ) -> None:
-    """Queue a grid cell for the next free worker, tagged with its key."""
+    """Queue a grid cell for the next free worker, tagged with its key.
+
+    A racing round's trial carries its round and how many more seeds it trains.
+    """
     attrs: dict[str, Any] = {_CELL: cell_key(cell)}
-    if requeued_from is not None:
-        attrs[_REQUEUED_FROM] = requeued_from
+    for name, value in (
+        (_REQUEUED_FROM, requeued_from),
+        (_RACE_ROUND, race_round),
+        (_SEED_COUNT, seed_count),
+    ):
+        if value is not None:
+            attrs[name] = value
     study.enqueue_trial(cell, user_attrs=attrs)
 
 

@@ -44,10 +44,11 @@ import optuna
 from _common import headline, machine, median, parser, spread, write_result
 
 import balance.pipeline
-from balance.config import StudyConfig, build, load_study_file
+from balance.config import StudyConfig, build
 from balance.pipeline import sweep
 from balance.record import read_trials
 from balance.storage import open_existing
+from balance.study_file import load_study_file
 
 NAME = "end_to_end"
 ROOT = Path(__file__).resolve().parent.parent

@@ -214,7 +214,7 @@ def run_balance_workers(url: str, workers: int, trials: int) -> dict[str, Any]:
     from study_files import subprocess_env, tiny_values, toml_text
 
     from balance.analysis import audit, trials_frame
-    from balance.config import load_study_file
+    from balance.study_file import load_study_file
 
     total = workers * trials
     values = tiny_values(  # digits, an MLP, one epoch at a given max LR, one seed

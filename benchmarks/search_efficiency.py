@@ -44,11 +44,12 @@ import optuna
 from _common import headline, machine, median, parser, write_result
 
 from balance.analysis import trials_frame
-from balance.config import StudyConfig, build, load_study_file
+from balance.config import StudyConfig, build
 from balance.pipeline import preflight
 from balance.record import load_record
 from balance.storage import open_storage
 from balance.study import create_or_resume, fix_max_lrs, run_workers
+from balance.study_file import load_study_file
 
 NAME = "search_efficiency"
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,6 +22,7 @@ SCRIPTS = {
     "search_efficiency": {"grid", "runs", "ratio", "ratios"},
     "end_to_end": {"wall_s", "not_training_share", "parts_s", "runs"},
     "postgres_load": {"balance_workers", "lost", "repeated", "server"},
+    "racing": {"ratio", "rounds", "matched", "full_kept", "racing_kept", "dropped"},
 }
 
 

@@ -279,11 +279,11 @@ def test_validate_prints_every_problem_on_its_own_line_and_exits_2(tmp_path: Pat
 
 def train_two_cells(study_file: Path, root: Path) -> dict[int, float]:
     """Leave the study of ``study_file`` half done: stage 1, the queue, 2 of its 4 cells."""
-    from balance.config import load_study_file
     from balance.pipeline import preflight, prepare
     from balance.record import StageOne
     from balance.storage import storage_url
     from balance.study import Objective, run_one_trial
+    from balance.study_file import load_study_file
 
     config = load_study_file(study_file)
     data = preflight(config)

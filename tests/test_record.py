@@ -19,7 +19,7 @@ from study_files import ROOT, study_config
 
 from balance.analysis import balance_grid, grid_axes, runs_frame, summarize, trials_frame
 from balance.cells import cell_key, parse_cell_key
-from balance.config import StudyConfig, load_study_file
+from balance.config import StudyConfig
 from balance.pipeline import load_study_record
 from balance.record import StudyRecord, load_record
 from balance.report import _sections as sections
@@ -32,6 +32,7 @@ from balance.runs import (
     pack_correct,
 )
 from balance.study import chosen_setting
+from balance.study_file import load_study_file
 
 WEIGHT_DECAYS = [0.0, 1e-4, 1e-3]
 DROPOUTS = [0.0, 0.2]
@@ -171,12 +172,35 @@ def test_the_final_evaluation_round_trips_through_its_stored_form() -> None:
     ]
 
 
-def test_the_committed_example_reads_back_to_its_committed_summary(tmp_path: Path) -> None:
-    """The record of the committed journal gives the committed summary.json, number for number.
-
-    The journal was written by an older layout of balance: this is the check that the
-    stored schema is still read as it was meant.
+def test_a_journal_of_an_older_layout_reads_back_to_its_summary(tmp_path: Path) -> None:
+    """The record of a journal balance wrote before runs kept per-example correctness
+    (the default study as committed on 2026-12-01, with its study file) gives its
+    summary.json, number for number: the stored schema is still read as it was meant.
     """
+    import json
+
+    old = ROOT / "tests" / "data" / "old-layout"
+    (tmp_path / "mnist1d-cnn").mkdir()
+    shutil.copy(old / "mnist1d-cnn" / "study.journal", tmp_path / "mnist1d-cnn" / "study.journal")
+    committed = json.loads((old / "mnist1d-cnn" / "summary.json").read_text())
+    record = load_study_record(load_study_file(old / "mnist1d-cnn.toml"), root=tmp_path)
+    summary = summarize(record, trials_frame(record), wall_time=committed["wall_time_s"])
+    # Fields added since only extend the summary: without per-example correctness no
+    # comparison carries an interval, and the summary says so with nulls.
+    assert summary["best"].pop("val_accuracy_interval") is None
+    assert summary["indistinguishable"] is None and summary["noise"] is None
+    assert summary["cells"] == [] and summary["axes"] == {}
+    added = {"noise", "cells", "indistinguishable", "axes", "what_it_would_take", "test_difference"}
+    assert {k for k in summary if k not in committed} == added
+    assert {summary["audit"].pop(k) for k in ("raced_trials", "race_rounds")} == {0}
+    different = {
+        k for k in committed if k not in ("storage", "environment") and summary[k] != committed[k]
+    }
+    assert not different
+
+
+def test_the_committed_example_reads_back_to_its_committed_summary(tmp_path: Path) -> None:
+    """The committed example's journal gives its summary.json, noise analysis included."""
     import json
 
     example = ROOT / "reports" / "example" / "mnist1d-cnn"
@@ -187,10 +211,7 @@ def test_the_committed_example_reads_back_to_its_committed_summary(tmp_path: Pat
         load_study_file(ROOT / "studies" / "mnist1d-cnn.toml"), root=tmp_path
     )
     summary = summarize(record, trials_frame(record), wall_time=committed["wall_time_s"])
-    # Fields added since only extend the summary: an older journal keeps no per-example
-    # correctness, so the best cell's interval is None there.
-    added = summary["best"].pop("val_accuracy_interval")
-    assert added is None
+    assert summary["indistinguishable"] and summary["axes"]  # the default study is measured
     different = {
         k for k in committed if k not in ("storage", "environment") and summary[k] != committed[k]
     }

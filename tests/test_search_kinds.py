@@ -10,10 +10,11 @@ import pytest
 import torch
 from study_files import ROOT, study_config, tiny_values
 
-from balance.config import ConfigError, load_study_file
+from balance.config import ConfigError
 from balance.data import Dataset
 from balance.pipeline import load_study_record, preflight, sweep
 from balance.study import fit_max_lrs
+from balance.study_file import load_study_file
 from balance.train import train
 
 pytestmark = pytest.mark.filterwarnings(

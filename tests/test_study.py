@@ -16,12 +16,12 @@ from optuna.trial import TrialState
 from study_files import load_study as load
 from study_files import record_of, study_config, tiny_values
 
-from balance.analysis import audit, runs_frame, trials_frame
+from balance.analysis import audit, cell_runs, race_round, runs_frame, trials_frame
 from balance.cells import cell_key, cell_results, repeated_runs
 from balance.config import ConfigError, StudyConfig
 from balance.pipeline import preflight, sweep
 from balance.study import _learning_rate as learning_rate_module
-from balance.study import evaluate_on_test
+from balance.study import evaluate_on_test, queue_race_round
 
 TESTS = Path(__file__).parent
 
@@ -239,3 +239,64 @@ def test_a_cell_proposed_again_trains_new_seeds_and_repeats_count_once(tmp_path:
     assert cell.seeds == 4 and cell.trials == (0, 2)
     runs = runs_frame(replace(record, trials=tuple(repeated)))
     assert runs["counted"].tolist() == [True, True, False, False, True, True]
+
+
+def test_racing_gives_seeds_only_to_cells_not_separated_from_the_best(tmp_path: Path) -> None:
+    # Weight decay 0.3 ruins a one-epoch run: those cells fall behind in round one and
+    # never race; the others stay within noise of the best and race to max_seeds.
+    config = tiny_study(
+        "race",
+        seeds=2,
+        race=True,
+        max_seeds=6,
+        workers=2,
+        search={"weight_decay": [0.0, 1e-3, 0.3], "dropout": [0.0, 0.2]},
+    )
+    result = sweep(config, root=tmp_path)
+    record = record_of(load(config, tmp_path), config)
+    rounds = sorted({t.race_round for t in record.trials if t.race_round is not None})
+    assert rounds and rounds == list(range(1, len(rounds) + 1))
+    for number in rounds:
+        # The round is what race_round decides on the trials finished before it.
+        before = replace(
+            record,
+            trials=tuple(t for t in record.trials if (t.race_round or 0) < number),
+        )
+        cells = cell_runs(before)
+        assert cells is not None
+        queued = {t.cell: t.seed_count for t in record.trials if t.race_round == number}
+        assert queued == race_round(cells, step=2, max_seeds=6)
+    seeds = {cell.params["weight_decay"]: cell.seeds for cell in record.cells}
+    assert max(seeds.values()) <= 6
+    assert all(cell.seeds == 2 for cell in record.cells if cell.params["weight_decay"] == 0.3)
+    assert not repeated_runs(record.trials)  # every round trained fresh seeds
+    audit = result.summary["audit"]
+    assert audit["duplicated"] == [] and audit["missing"] == []
+    assert audit["raced_trials"] == sum(t.race_round is not None for t in record.trials)
+    assert audit["race_rounds"] == len(rounds)
+    summary_seeds = sorted(cell["seeds"] for cell in result.summary["cells"])
+    assert summary_seeds == sorted(cell.seeds for cell in record.cells)
+
+    # A re-run resumes a decided race: nothing more is trained.
+    before = len(record.trials)
+    sweep(config, root=tmp_path)
+    assert len(load(config, tmp_path).trials) == before
+
+
+def test_a_queued_racing_round_is_trained_by_the_next_run(tmp_path: Path) -> None:
+    config = tiny_study(
+        "race-resume",
+        seeds=2,
+        race=True,
+        max_seeds=4,
+        search={"weight_decay": [0.0, 1e-3], "dropout": [0.0]},
+    )
+    grid_only = config.model_copy(update={"race": False, "max_seeds": None})
+    sweep(grid_only, root=tmp_path)  # the grid, as a sweep cut short after it would leave
+    study = load(config, tmp_path)
+    assert queue_race_round(study, config) == 2  # two cells within noise get 2 seeds more
+    assert queue_race_round(study, config) == 0  # nothing new while a round waits
+    sweep(config, root=tmp_path)
+    record = record_of(load(config, tmp_path), config)
+    assert sorted(cell.seeds for cell in record.cells) == [4, 4]
+    assert [t.race_round for t in record.trials] == [None, None, 1, 1]

@@ -23,7 +23,13 @@ from balance.analysis._grid import (
     grid_axes,
 )
 from balance.analysis._importance import Importances, param_importances
-from balance.analysis._noise import CellEstimate, NoiseAnalysis, analyse_noise
+from balance.analysis._noise import (
+    CellEstimate,
+    NoiseAnalysis,
+    analyse_noise,
+    cell_runs,
+    race_round,
+)
 from balance.analysis._summary import environment, summarize
 from balance.analysis._verdict import (
     AXIS_WORDS,
@@ -58,9 +64,11 @@ __all__ = [
     "balance_verdict",
     "batch_size_table",
     "bin_ranges",
+    "cell_runs",
     "environment",
     "grid_axes",
     "param_importances",
+    "race_round",
     "regularizer_effects",
     "runs_frame",
     "summarize",

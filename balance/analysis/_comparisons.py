@@ -35,9 +35,12 @@ import numpy as np
 
 from balance.analysis._intervals import (
     LEVEL,
-    example_weights,
+    RESAMPLES,
+    NoiseModel,
     percentile_interval,
-    seed_resampled,
+    resampled_means,
+    seed_variances,
+    split_covariance,
 )
 
 ALPHA = 0.05
@@ -62,32 +65,40 @@ class CellRuns:
         return float(self.correct.mean())
 
 
-def critical_value(means: np.ndarray, observed: np.ndarray, alpha: float = ALPHA) -> float:
-    """The max-t critical value over every ordered pair of cells.
+def critical_value(
+    model: NoiseModel,
+    rng: np.random.Generator,
+    resamples: int = RESAMPLES,
+    alpha: float = ALPHA,
+) -> float:
+    """The max-t critical value over every ordered pair of cells (studentized).
 
-    ``means`` is resamples x cells bootstrap means, ``observed`` the cells' means.
+    Each draw takes the cells' means from ``model`` (normal: variances as if known)
+    and divides every pair's centred difference by a standard error built from seed
+    variances redrawn as the study could have read them; the critical value is the
+    ``1 - alpha`` quantile of the largest ratio over all pairs.
     """
-    cells = len(observed)
+    cells = len(model.observed)
     if cells < 2:
         return math.nan
-    largest = np.full(len(means), -np.inf)
+    centred = model.draws(rng, resamples, heavy=False) - model.observed
+    variances = model.redrawn_seed_variances(rng, resamples) / model.seeds
+    diagonal = np.diag(model.split)
+    largest = np.full(resamples, -np.inf)
     for first in range(cells):
-        lead = means[:, [first]] - means
-        error = lead.std(axis=0, ddof=1)
-        centred = (lead - (observed[first] - observed)) / np.where(error > 0, error, np.inf)
-        centred[:, first] = -np.inf
-        largest = np.maximum(largest, centred.max(axis=1))
+        split = np.clip(diagonal[first] + diagonal - 2 * model.split[first], 0.0, None)
+        error = np.sqrt(split + variances[:, [first]] + variances)
+        ratio = (centred[:, [first]] - centred) / np.where(error > 0, error, np.inf)
+        ratio[:, first] = -np.inf
+        largest = np.maximum(largest, ratio.max(axis=1))
     return float(np.quantile(largest, 1 - alpha))
 
 
-def worse_than(
-    means: np.ndarray, observed: np.ndarray, best: int, critical: float
-) -> tuple[np.ndarray, np.ndarray]:
+def worse_than(model: NoiseModel, best: int, critical: float) -> tuple[np.ndarray, np.ndarray]:
     """Per cell: whether it is separated below cell ``best``, and the lead's standard error."""
-    lead = means[:, [best]] - means
-    error = lead.std(axis=0, ddof=1)
-    bound = (observed[best] - observed) - critical * error
-    separated = np.where(error > 0, bound > 0, observed[best] - observed > 0)
+    lead = model.observed[best] - model.observed
+    error = model.pair_error(best)
+    separated = np.where(error > 0, lead - critical * error > 0, lead > 0)
     separated[best] = False
     return separated, error
 
@@ -214,8 +225,9 @@ class Separation(NamedTuple):
     ``detectable`` is the smallest difference the study separates with probability
     :data:`POWER` at its seeds and examples. ``seeds_needed`` (per cell, at this
     split) and ``examples_needed`` (at these seeds) are ``None`` when that change
-    alone cannot do it (the other part's noise already exceeds the difference) or
-    when the seed noise is unknown (one seed); both are ``None`` for equal means.
+    alone cannot do it (the other part's noise already exceeds the difference);
+    ``scale_needed`` is the factor both would have to grow by together. All three
+    are ``None`` for equal means or when the seed noise is unknown (one seed).
     """
 
     difference: float
@@ -224,30 +236,43 @@ class Separation(NamedTuple):
     examples: int
     seeds_needed: int | None
     examples_needed: int | None
+    scale_needed: float | None
 
 
-def separation(best: CellRuns, runner: CellRuns, critical: float) -> Separation:
-    """What separating ``runner`` from ``best`` would take (an approximate plan)."""
+def separation(
+    best: CellRuns,
+    runner: CellRuns,
+    critical: float,
+    seed_variance: tuple[float, float] | None = None,
+) -> Separation:
+    """What separating ``runner`` from ``best`` would take (an approximate plan).
+
+    ``seed_variance`` is each cell's seed variance (default: :func:`seed_variances`
+    of the two).
+    """
     seeds = min(len(best.seeds), len(runner.seeds))
     examples = best.correct.shape[1]
     difference = best.mean - runner.mean
-    # The example part: the paired per-example difference of seed-averaged correctness.
-    per_example = best.correct.mean(axis=0) - runner.correct.mean(axis=0)
-    example_part = float(per_example.var(ddof=1)) / examples
     if seeds < 2 or not math.isfinite(critical):
-        return Separation(difference, None, seeds, examples, None, None)
-    seed_part = sum(
-        float(cell.correct.mean(axis=1).var(ddof=1)) / len(cell.seeds) for cell in (best, runner)
-    )
+        return Separation(difference, None, seeds, examples, None, None, None)
+    # The split's part of the paired difference's variance scales with 1 / examples,
+    # the seeds' part with 1 / seeds.
+    pair = split_covariance([best.correct, runner.correct])
+    example_part = float(pair[0, 0] + pair[1, 1] - 2 * pair[0, 1])
+    variances = seed_variance or tuple(seed_variances([best.correct, runner.correct]))
+    seed_part = sum(v / len(c.seeds) for v, c in zip(variances, (best, runner), strict=True))
     factor = critical + NormalDist().inv_cdf(POWER)
     detectable = factor * math.sqrt(seed_part + example_part)
+    if difference <= 0:
+        return Separation(difference, detectable, seeds, examples, None, None, None)
     target = (difference / factor) ** 2  # the variance the difference can afford
     seeds_needed = examples_needed = None
-    if difference > 0 and target > example_part:
+    if target > example_part:
         seeds_needed = max(seeds, math.ceil(seeds * seed_part / (target - example_part)))
-    if difference > 0 and target > seed_part:
+    if target > seed_part:
         examples_needed = max(examples, math.ceil(examples * example_part / (target - seed_part)))
-    return Separation(difference, detectable, seeds, examples, seeds_needed, examples_needed)
+    scale = max(1.0, (seed_part + example_part) / target)
+    return Separation(difference, detectable, seeds, examples, seeds_needed, examples_needed, scale)
 
 
 class PairedDifference(NamedTuple):
@@ -276,17 +301,15 @@ def paired_difference(
 ) -> PairedDifference:
     """``first`` minus ``second``: seeds x examples matrices paired row by row and by column.
 
-    Examples are resampled together, seeds as pairs (row ``i`` of both trained seed ``i``).
+    Row ``i`` of both trained seed ``i``: the per-seed differences are one cell's runs
+    to :func:`~balance.analysis._intervals.resampled_means` (their seed variance and
+    the split's variance of the per-example difference).
     """
     if first.shape != second.shape:
         raise ValueError(f"paired runs differ in shape: {first.shape} and {second.shape}")
     seeds, examples = first.shape
-    per_seed = (
-        example_weights(examples, rng, resamples)
-        @ (first.astype(float) - second.astype(float)).T
-        / examples
-    )
-    differences = seed_resampled(per_seed, rng)
+    paired = first.astype(float) - second.astype(float)
+    differences = resampled_means([paired], rng, resamples)[:, 0]
     low, high = percentile_interval(differences, level)
     mean = float(first.mean() - second.mean())
     return PairedDifference(mean, low, high, level, seeds, examples)

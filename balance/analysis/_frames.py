@@ -36,6 +36,7 @@ FRAME_COLUMNS = [
     "fail_reason",
     "surplus",
     "cell",
+    "race_round",
 ]
 
 GRID_INDEX = ["batch_size", "weight_decay", "dropout"]
@@ -98,6 +99,7 @@ def trial_row(trial: TrialRecord, config: StudyConfig) -> dict[str, Any]:
         "fail_reason": trial.fail_reason,
         "surplus": trial.surplus,
         "cell": trial.cell,
+        "race_round": math.nan if trial.race_round is None else trial.race_round,
     }
     row["gap"] = row["val_loss"] - row["train_loss"]
     if trial.state == "fail" and not row["fail_reason"]:
@@ -164,17 +166,22 @@ def audit(frame: pd.DataFrame, config: StudyConfig) -> dict[str, Any]:
     """Grid coverage: cells missing, trained more than once, or only failed.
 
     A cell is trained by a completed, pruned or diverged trial; surplus trials
-    (stopped before training because the queue was empty) train nothing.
+    (stopped before training because the queue was empty) train nothing. A racing
+    round's trials give a cell more seeds on purpose: they are counted apart
+    (``raced_trials``, ``race_rounds``), not as duplicates.
     """
     trained = frame[
         ~frame["surplus"]
         & (frame["state"].isin(["complete", "pruned"]) | (frame["fail_reason"] == "diverged"))
     ]
-    counts = trained["cell"].value_counts()
+    raced = trained["race_round"].notna()
+    counts = trained.loc[~raced, "cell"].value_counts()
     result: dict[str, Any] = {
         "trained_trials": len(trained),
         "surplus_trials": int(frame["surplus"].sum()),
         "duplicated": sorted(counts[counts > 1].index.tolist()),
+        "raced_trials": int(raced.sum()),
+        "race_rounds": int(trained["race_round"].max()) if raced.any() else 0,
     }
     if config.sampler == "grid":
         expected = {cell_key(cell) for cell in config.search.grid_cells()}

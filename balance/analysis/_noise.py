@@ -6,6 +6,7 @@ split's chosen-minus-baseline difference. The methods are in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -24,7 +25,13 @@ from balance.analysis._comparisons import (
     worse_than,
 )
 from balance.analysis._grid import bin_ranges
-from balance.analysis._intervals import LEVEL, RESAMPLES, percentile_interval, resampled_means
+from balance.analysis._intervals import (
+    LEVEL,
+    RESAMPLES,
+    NoiseModel,
+    percentile_interval,
+    seed_variances,
+)
 from balance.cells import distinct_runs, rank
 from balance.config import SEARCHED
 from balance.record import StudyRecord
@@ -169,10 +176,8 @@ def analyse_noise(
     if not cells:
         return None
     rng = np.random.default_rng(seed)
-    means = resampled_means([cell.correct for cell in cells], rng, resamples)
-    observed = np.array([cell.mean for cell in cells])
-    critical = critical_value(means, observed)
-    separated, _ = worse_than(means, observed, 0, critical)
+    means, critical, separated = best_set(cells, rng, resamples)
+    variances = seed_variances([cell.correct for cell in cells])
     estimates = [
         CellEstimate(
             cell.key,
@@ -195,9 +200,49 @@ def analyse_noise(
         runner_up=runner,
         cells=estimates,
         axes=axes,
-        separation=None if runner is None else separation(cells[0], cells[1], critical),
+        separation=None
+        if runner is None
+        else separation(cells[0], cells[1], critical, (variances[0], variances[1])),
         test=test_difference(record.final, rng),
     )
+
+
+def best_set(
+    cells: Sequence[CellRuns], rng: np.random.Generator, resamples: int = RESAMPLES
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """Drawn means, the max-t critical value, and per cell whether it is worse.
+
+    ``cells`` come best first (as :func:`cell_runs` orders them); a cell is worse when
+    it is separated below the first.
+    """
+    model = NoiseModel.of([cell.correct for cell in cells])
+    means = model.draws(rng, resamples)
+    critical = critical_value(model, rng, resamples)
+    separated, _ = worse_than(model, 0, critical)
+    return means, critical, separated
+
+
+def race_round(
+    cells: Sequence[CellRuns], *, step: int, max_seeds: int, seed: int = 0
+) -> dict[str, int]:
+    """The seeds each cell gets in the next racing round, by cell key (F-Race style).
+
+    Only cells not yet separated from the best race on, ``step`` seeds more each
+    (fewer where ``max_seeds`` leaves fewer). Empty when the best stands alone (the
+    race is decided) or every surviving cell has ``max_seeds`` (the budget is spent).
+    Seeded like :func:`analyse_noise`: the same runs give the same round.
+    """
+    if len(cells) < 2:
+        return {}
+    _, _, separated = best_set(cells, np.random.default_rng(seed))
+    alive = [cell for cell, worse in zip(cells, separated, strict=True) if not worse]
+    if len(alive) < 2:
+        return {}
+    return {
+        cell.key: min(step, max_seeds - len(cell.seeds))
+        for cell in alive
+        if len(cell.seeds) < max_seeds
+    }
 
 
 def _side_matrix(side: EvaluationSide) -> np.ndarray | None:

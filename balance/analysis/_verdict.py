@@ -366,9 +366,16 @@ def _separation_sentences(noise: NoiseAnalysis, unit: str) -> list[str]:
             ways.append(f"about {plan.seeds_needed} seeds per {unit} at this validation split")
         if plan.examples_needed is not None:
             ways.append(f"about {plan.examples_needed:,} validation examples at {plan.seeds} seeds")
-        sentences.append(
-            "Separating these two would take "
-            + (" or ".join(ways) if ways else "more seeds and more validation examples together")
-            + "."
-        )
+        if ways:
+            sentences.append("Separating these two would take " + " or ".join(ways) + ".")
+        elif plan.scale_needed is not None and plan.scale_needed <= 100:
+            sentences.append(
+                f"Separating these two would take about {plan.scale_needed:.0f} times the "
+                "seeds and the validation examples together."
+            )
+        else:
+            sentences.append(
+                "Separating these two is out of practical reach (over 100 times the seeds "
+                "and validation examples): treat them as equally good."
+            )
     return sentences

@@ -10,6 +10,7 @@ from balance.study._queue import (
     progress_of,
     requeue_interrupted,
 )
+from balance.study._racing import queue_race_round, race
 from balance.study._stopping import request_stop, stop_allowed, stop_deferred
 from balance.study._study import create_or_resume, make_pruner, make_sampler
 from balance.study._workers import (
@@ -39,6 +40,8 @@ __all__ = [
     "make_pruner",
     "make_sampler",
     "progress_of",
+    "queue_race_round",
+    "race",
     "request_stop",
     "requeue_interrupted",
     "run_one_trial",

@@ -119,7 +119,8 @@ class Objective:
         max_lr = self.max_lrs[params["batch_size"]]
         searched = self.config.search.axes()
         key = cell_key({name: params[name] for name in searched})
-        seeds = fresh_seeds(self.base.seed, self.config.seeds, record.taken_seeds(trial, key))
+        count = record.queued_seed_count(trial) or self.config.seeds  # a racing round's own
+        seeds = fresh_seeds(self.base.seed, count, record.taken_seeds(trial, key))
         record.set_cell(trial, key, max_lr, seeds)
         epochs = self.base.epochs
         runs: list[SeedRun] = []

@@ -99,7 +99,13 @@ def requeue_interrupted(study: optuna.Study, config: StudyConfig) -> list[int]:
         if trial.diverged is not None or not trial.cell or trial.fail_reason:
             continue
         cell = {name: trial.params[name] for name in config.search.axes()}
-        record.enqueue_cell(study, cell, requeued_from=trial.number)
+        record.enqueue_cell(
+            study,
+            cell,
+            requeued_from=trial.number,
+            race_round=trial.race_round,
+            seed_count=trial.seed_count,
+        )
         requeued.append(trial.number)
     return requeued
 
@@ -111,8 +117,10 @@ def progress_of(study: optuna.Study, config: StudyConfig) -> Progress:
     running = sum(trial.state == "running" for trial in trials)
     values = [t.value for t in trials if t.state == "complete" and t.value is not None]
     if config.sampler == "grid":
-        total = config.search.n_cells
+        raced = [t for t in trials if t.race_round is not None]  # racing rounds' extra trials
+        total = config.search.n_cells + len(raced)
         done = len({t.cell for t in trials if t.state in DONE_STATES and t.cell})
+        done += sum(t.state in DONE_STATES for t in raced)
     else:
         total = 0 if config.n_trials is None else config.n_trials
     return Progress(done=done, total=total, best=max(values) if values else None, running=running)
