@@ -25,6 +25,7 @@ from balance.analysis._comparisons import (
     worse_than,
 )
 from balance.analysis._intervals import NoiseModel
+from balance.analysis._noise import best_set, race_round
 
 STORED = np.load(Path(__file__).parent / "data" / "mnist1d_difficulty.npz")
 # Smoothed so no example is certain: a run can get any example wrong.
@@ -186,3 +187,42 @@ def test_the_paired_test_difference_covers_the_true_one() -> None:
 def test_paired_runs_must_match() -> None:
     with pytest.raises(ValueError, match="differ in shape"):
         paired_difference(np.ones((2, 3), bool), np.ones((3, 3), bool), np.random.default_rng())
+
+
+def test_racing_never_drops_a_cell_the_full_seed_grid_keeps() -> None:
+    # Full grids of 6 seeds a cell, 12 cells from 0 to 4 points behind; racing replays
+    # them from 2 seeds, 2 more a round, on the same runs (a seed's run is the same
+    # either way). Every cell the full grid keeps as indistinguishable from the best
+    # must have raced to the end (all 6 seeds): racing never left it behind.
+    rng = np.random.default_rng(6)
+    ratios = []
+    for _ in range(24):
+        split = rng.choice(len(LOGITS), 400, replace=False)
+        full = []
+        for index, shift in enumerate(np.linspace(0.0, -1.5, 12)):
+            runs = simulated_runs(rng, split, float(shift), 6)
+            full.append(CellRuns(str(index), {}, tuple(range(6)), runs))
+        full.sort(key=lambda cell: -cell.mean)
+        shown = dict.fromkeys((cell.key for cell in full), 2)
+        while True:
+            visible = sorted(
+                (
+                    CellRuns(c.key, {}, c.seeds[: shown[c.key]], c.correct[: shown[c.key]])
+                    for c in full
+                ),
+                key=lambda cell: -cell.mean,
+            )
+            more = race_round(visible, step=2, max_seeds=6)
+            if not more:
+                break
+            for key, count in more.items():
+                shown[key] += count
+        left_behind = {key for key in _kept(full) if shown[key] < 6}
+        assert not left_behind
+        ratios.append(sum(shown.values()) / (6 * len(full)))
+    assert np.mean(ratios) < 0.9  # and it saves runs
+
+
+def _kept(cells: list[CellRuns]) -> list[str]:
+    _, _, separated = best_set(cells, np.random.default_rng(0))
+    return [cell.key for cell, worse in zip(cells, separated, strict=True) if not worse]

@@ -227,6 +227,19 @@ def test_mnist1d_is_generated_from_templates_cached_as_npz_and_reread(
     assert load_dataset("mnist1d").y_train.unique().tolist() == [0]
 
 
+def test_more_mnist1d_samples_come_from_the_same_templates_in_their_own_cache_file(
+    isolated_cache_dir: Path,
+) -> None:
+    from balance.data import LOADERS, _mnist1d_arrays
+
+    assert "mnist1d-10k" in LOADERS  # 10,000 samples: the default study's 4,000 validation
+    arrays = _mnist1d_arrays(samples=600)  # the same generator, small enough for a test
+    assert arrays["x"].shape == (480, 40) and arrays["x_test"].shape == (120, 40)
+    assert sorted(path.name for path in isolated_cache_dir.iterdir()) == ["mnist1d-v1-600.npz"]
+    again = _mnist1d_arrays(samples=600)
+    assert all(np.array_equal(arrays[key], again[key]) for key in arrays)
+
+
 # --- idx files (MNIST, Fashion-MNIST) -------------------------------------------------
 
 IDX_STEMS = (

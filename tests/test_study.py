@@ -50,6 +50,15 @@ def test_grid_trains_every_cell_exactly_once(tmp_path: Path) -> None:
     assert interval["low"] <= frame["best"]["val_accuracy"] <= interval["high"]
     assert interval["high"] - interval["low"] > 0 and interval["level"] == 0.9
     assert frame["test"]["chosen"]["test_accuracy"] > 0.5
+    # Every cell carries its interval; the best leads the cells that could be the best.
+    assert len(frame["cells"]) == 8
+    assert all(c["low"] <= c["val_accuracy"] <= c["high"] for c in frame["cells"])
+    assert frame["indistinguishable"][0] == frame["best"]["params"]
+    assert set(frame["axes"]) == {"weight_decay", "dropout", "batch_size"}
+    assert all(0 < axis["p_value"] <= 1 for axis in frame["axes"].values())
+    # One seed a cell: the seed noise is unknown, so nothing can be planned from it.
+    assert frame["what_it_would_take"]["detectable"] is None
+    assert frame["test_difference"] is None  # the study file names no baseline
 
 
 def test_rerun_resumes_without_repeating_cells_or_the_range_test(

@@ -208,16 +208,19 @@ def analyse_noise(
 
 
 def best_set(
-    cells: Sequence[CellRuns], rng: np.random.Generator, resamples: int = RESAMPLES
+    cells: Sequence[CellRuns],
+    rng: np.random.Generator,
+    resamples: int = RESAMPLES,
+    alpha: float = ALPHA,
 ) -> tuple[np.ndarray, float, np.ndarray]:
     """Drawn means, the max-t critical value, and per cell whether it is worse.
 
     ``cells`` come best first (as :func:`cell_runs` orders them); a cell is worse when
-    it is separated below the first.
+    it is separated below the first at level ``alpha``.
     """
     model = NoiseModel.of([cell.correct for cell in cells])
     means = model.draws(rng, resamples)
-    critical = critical_value(model, rng, resamples)
+    critical = critical_value(model, rng, resamples, alpha)
     separated, _ = worse_than(model, 0, critical)
     return means, critical, separated
 
@@ -230,11 +233,16 @@ def race_round(
     Only cells not yet separated from the best race on, ``step`` seeds more each
     (fewer where ``max_seeds`` leaves fewer). Empty when the best stands alone (the
     race is decided) or every surviving cell has ``max_seeds`` (the budget is spent).
-    Seeded like :func:`analyse_noise`: the same runs give the same round.
+    A race looks at its cells up to ``ceil(max_seeds / step)`` times, so it drops a
+    cell only when it is separated at :data:`ALPHA` over that many looks (Bonferroni):
+    stricter than the verdict, so that a cell the full grid would keep is not left
+    behind on the noise of its first seeds. Seeded like :func:`analyse_noise`: the
+    same runs give the same round.
     """
     if len(cells) < 2:
         return {}
-    _, _, separated = best_set(cells, np.random.default_rng(seed))
+    looks = -(-max_seeds // step)
+    _, _, separated = best_set(cells, np.random.default_rng(seed), alpha=ALPHA / looks)
     alive = [cell for cell, worse in zip(cells, separated, strict=True) if not worse]
     if len(alive) < 2:
         return {}
