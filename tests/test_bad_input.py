@@ -56,7 +56,7 @@ CASES = [
     BadInput(
         "unknown data set",
         study(train={"data": "imagenet"}),
-        "error: train.data: unknown data set 'imagenet'; use one of mnist1d, digits,",
+        "error: train.data: unknown data set 'imagenet'; use one of mnist1d, mnist1d-10k, digits,",
     ),
     BadInput(
         "unknown model",

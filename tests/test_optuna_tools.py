@@ -35,7 +35,7 @@ def test_optuna_cli_lists_every_trial_of_a_balance_study(tmp_path: Path) -> None
     listed = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
 
     trials = json.loads(listed.stdout)
-    assert len(trials) == 24
+    assert len(trials) == 30
     assert {trial["state"] for trial in trials} == {"COMPLETE"}
     assert {"weight_decay", "dropout", "batch_size"} <= set(trials[0]["params"])
 
@@ -57,7 +57,7 @@ def test_optuna_dashboard_serves_the_study_and_its_trials(tmp_path: Path) -> Non
     assert summary["study_name"] == "mnist1d-cnn"
     detail = get(f"/api/studies/{summary['study_id']}")
     assert isinstance(detail, dict)
-    assert len(detail["trials"]) == 24
+    assert len(detail["trials"]) == 30
     assert {param["name"] for param in detail["trials"][0]["params"]} == {
         "weight_decay",
         "dropout",

@@ -258,7 +258,6 @@ def test_racing_gives_seeds_only_to_cells_not_separated_from_the_best(tmp_path: 
         seeds=2,
         race=True,
         max_seeds=6,
-        workers=2,
         search={"weight_decay": [0.0, 1e-3, 0.3], "dropout": [0.0, 0.2]},
     )
     result = sweep(config, root=tmp_path)
@@ -298,9 +297,10 @@ def test_a_queued_racing_round_is_trained_by_the_next_run(tmp_path: Path) -> Non
         seeds=2,
         race=True,
         max_seeds=4,
+        workers=2,  # the queued round goes to two worker processes
         search={"weight_decay": [0.0, 1e-3], "dropout": [0.0]},
     )
-    grid_only = config.model_copy(update={"race": False, "max_seeds": None})
+    grid_only = config.model_copy(update={"race": False, "max_seeds": None, "workers": 1})
     sweep(grid_only, root=tmp_path)  # the grid, as a sweep cut short after it would leave
     study = load(config, tmp_path)
     assert queue_race_round(study, config) == 2  # two cells within noise get 2 seeds more
