@@ -382,6 +382,15 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"best (trial {best['trial']}): {params}; val_accuracy "
         f"{best['val_accuracy']:.4f} +- {best['val_accuracy_std']:.4f}"
     )
+    interval = best.get("val_accuracy_interval")
+    if interval:
+        close = len(summary.get("indistinguishable") or []) - 1
+        detectable = [name for name, axis in summary.get("axes", {}).items() if axis["detectable"]]
+        typer.echo(
+            f"  {100 * interval['level']:.0f}% interval {interval['low']:.4f} .. "
+            f"{interval['high']:.4f}; {close} other cell(s) indistinguishable from it; "
+            f"detectable effects: {', '.join(detectable) or 'none'}"
+        )
     for name in ("chosen", "baseline"):
         test = summary["test"].get(name)
         if test and test.get("test_accuracy") is not None:
@@ -389,6 +398,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
                 f"test_accuracy ({name}): {test['test_accuracy']:.4f} "
                 f"+- {test['test_accuracy_std']:.4f}"
             )
+    difference = summary.get("test_difference")
+    if difference:
+        typer.echo(
+            f"chosen - baseline on test: {difference['difference']:+.4f} "
+            f"({100 * difference['level']:.0f}% interval {difference['low']:+.4f} .. "
+            f"{difference['high']:+.4f}; {'beyond' if difference['beyond_noise'] else 'within'} "
+            "noise)"
+        )
 
 
 @app.command("worker")

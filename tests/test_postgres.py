@@ -206,3 +206,29 @@ def test_a_sweep_on_postgresql_stops_resumes_and_reports(postgres_url: str, tmp_
     assert report.exit_code == 0, report.output
     text = page.read_text()
     assert "4 complete" in text and "postgresql://" in text
+
+
+def test_racing_rounds_run_on_postgresql_like_on_a_journal(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    from balance.cells import repeated_runs
+    from balance.pipeline import sweep
+
+    values = tiny_values(
+        "pg-race",
+        seeds=2,
+        race=True,
+        max_seeds=4,
+        search={"weight_decay": [0.0, 1e-3, 0.3], "dropout": [0.0]},
+    )
+    config = build(StudyConfig, values)
+    result = sweep(config, storage=postgres_url, root=tmp_path)
+    record = record_of(load("pg-race", postgres_url), config)
+    raced = [t for t in record.trials if t.race_round is not None]
+    assert raced and {t.race_round for t in raced} == {1}
+    assert not repeated_runs(record.trials)
+    assert result.summary["audit"]["raced_trials"] == len(raced)
+    assert result.summary["audit"]["duplicated"] == []
+    # Weight decay 0.3 ruins a one-epoch run: that cell falls behind and never races.
+    seeds = {cell.params["weight_decay"]: cell.seeds for cell in record.cells}
+    assert seeds[0.3] == 2 and max(seeds.values()) == 4

@@ -225,4 +225,5 @@ def cell_interval(
     """The cell's mean accuracy over its seed runs, with its interval."""
     correct = correctness_matrix(rows)
     means = resampled_means([correct], np.random.default_rng(seed), resamples)[:, 0]
+    means = np.clip(means, 0.0, 1.0)  # an accuracy: the normal's tails stop at 0 and 1
     return Interval(float(correct.mean()), *percentile_interval(means, level), level)

@@ -80,8 +80,9 @@ class NoiseAnalysis(NamedTuple):
                 "alpha": self.alpha,
                 "validation_examples": self.examples,
                 "critical_value": self.critical,
-                "method": "two-way bootstrap over seeds and examples; max-t over all pairs "
-                "of cells; permutation tests of no effect, Holm over axes",
+                "method": "seed variances shrunk toward the typical (4 degrees of freedom) "
+                "plus the split's covariance over examples; studentized max-t over all "
+                "pairs of cells; permutation tests of no effect, Holm over axes",
             },
             "cells": [_cell_summary(cell) for cell in self.cells],
             "indistinguishable": [cell.params for cell in self.indistinguishable],
@@ -183,7 +184,7 @@ def analyse_noise(
             cell.key,
             cell.params,
             cell.mean,
-            *percentile_interval(means[:, index], LEVEL),
+            *percentile_interval(np.clip(means[:, index], 0.0, 1.0), LEVEL),  # accuracies
             len(cell.seeds),
             not bool(separated[index]),
         )
