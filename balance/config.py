@@ -402,9 +402,12 @@ class StudyConfig(_Strict):
                 )
         elif self.n_trials is None:
             raise ValueError(f"n_trials is required for sampler {self.sampler!r}")
-        if self.race and (self.sampler != "grid" or (self.max_seeds or 0) <= self.seeds):
+        if self.race and (
+            self.sampler != "grid" or self.seeds < 2 or (self.max_seeds or 0) <= self.seeds
+        ):
             raise ValueError(
-                f"race = true needs sampler 'grid' and max_seeds above seeds ({self.seeds})"
+                "race = true needs sampler 'grid', seeds >= 2 (one seed cannot measure the "
+                f"seed noise) and max_seeds above seeds ({self.seeds})"
             )
         if self.baseline is not None:
             baseline = TrainConfig.model_validate({**self.train.model_dump(), **self.baseline})

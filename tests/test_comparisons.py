@@ -226,3 +226,19 @@ def test_racing_never_drops_a_cell_the_full_seed_grid_keeps() -> None:
 def _kept(cells: list[CellRuns]) -> list[str]:
     _, _, separated = best_set(cells, np.random.default_rng(0))
     return [cell.key for cell, worse in zip(cells, separated, strict=True) if not worse]
+
+
+def test_an_axis_whose_values_never_share_the_other_axes_is_not_testable() -> None:
+    # Weight decay and dropout change together: no two weight decays share a dropout.
+    rng = np.random.default_rng(7)
+    split = rng.choice(len(LOGITS), 400, replace=False)
+    cells = [
+        CellRuns(str(wd), {"weight_decay": wd, "dropout": dropout}, (0, 1),
+                 simulated_runs(rng, split, 0.0, 2))
+        for wd, dropout in ((0.0, 0.0), (1e-3, 0.1), (1e-2, 0.2))
+    ]  # fmt: skip
+    model = NoiseModel.of([cell.correct for cell in cells])
+    values = {name: [float(cell.params[name]) for cell in cells] for name in cells[0].params}
+    tests = axis_tests(cells, model.draws(rng, 200), values, rng, permutations=100)
+    assert [test.name for test in tests] == ["weight_decay", "dropout"]
+    assert all(np.isnan(test.p_value) and not test.detectable for test in tests)

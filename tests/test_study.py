@@ -56,7 +56,11 @@ def test_grid_trains_every_cell_exactly_once(tmp_path: Path) -> None:
     assert frame["indistinguishable"][0] == frame["best"]["params"]
     assert set(frame["axes"]) == {"weight_decay", "dropout", "batch_size"}
     assert all(0 < axis["p_value"] <= 1 for axis in frame["axes"].values())
-    # One seed a cell: the seed noise is unknown, so nothing can be planned from it.
+    # One seed a cell: the seed noise is unknown, so no cell is called worse than the
+    # best (the split's noise alone would separate them on a seed's luck), and nothing
+    # can be planned from it.
+    assert len(frame["indistinguishable"]) == 8
+    assert frame["noise"]["critical_value"] is None
     assert frame["what_it_would_take"]["detectable"] is None
     assert frame["test_difference"] is None  # the study file names no baseline
 
@@ -309,3 +313,9 @@ def test_a_queued_racing_round_is_trained_by_the_next_run(tmp_path: Path) -> Non
     record = record_of(load(config, tmp_path), config)
     assert sorted(cell.seeds for cell in record.cells) == [4, 4]
     assert [t.race_round for t in record.trials] == [None, None, 1, 1]
+
+
+def test_racing_needs_a_grid_two_seeds_and_room_above_them() -> None:
+    for bad in ({"seeds": 1, "max_seeds": 4}, {"seeds": 2, "max_seeds": 2}, {"seeds": 2}):
+        with pytest.raises(ConfigError, match="race = true needs"):
+            tiny_study("race-bad", race=True, **bad)

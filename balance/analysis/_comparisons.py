@@ -1,22 +1,25 @@
 """Comparisons that carry their noise: which cells could be the best, which axes matter.
 
-Every cell of a study is measured on the same validation examples, and cells
-share seeds, so they are compared paired (:mod:`balance.analysis._intervals` for
-the bootstrap). Three questions, each answered at a stated level:
+Every cell of a study is measured on the same validation examples, so cells are
+compared paired over examples (:mod:`balance.analysis._intervals` for the noise
+model; seeds are not paired across cells). Three questions, each answered at a
+stated level:
 
 - **Which cells are indistinguishable from the best?** Simultaneous comparisons:
-  for every pair of cells, the bootstrap difference is centred and divided by its
-  bootstrap standard error; the critical value is the ``1 - ALPHA`` quantile of the
-  largest such statistic over all pairs (a max-t test). A cell is worse than the
+  for every pair of cells, a difference drawn from the noise model is divided by a
+  standard error built from redrawn seed variances; the critical value is the
+  ``1 - ALPHA`` quantile of the largest such ratio over all pairs (a studentized
+  max-t test). A cell is worse than the
   best when the best's lead minus that critical value times its standard error is
   still above zero. The maximum over all pairs accounts both for the number of
   cells and for the best having been picked from the same data.
 - **Does an axis have a detectable effect?** A permutation test of no effect: the
   statistic is the spread of the axis' marginal means (cell means averaged over
   the other axes); runs are permuted between the axis' values among cells that
-  share every other axis and the seed. Holm's correction runs over the axes. The
-  effect size is the difference between the best and worst value's marginal
-  means, with its bootstrap interval.
+  share every other axis and the seed (for a range axis: the other axes' bins, so
+  the test is approximate there). Holm's correction runs over the axes. The effect
+  size is the difference between the best and worst value's marginal means, with
+  its interval from the noise model's draws.
 - **What would it take?** The smallest difference the study separates with
   probability ``POWER``, and the seeds or validation examples the best and the
   runner-up would need, from an approximate split of their paired difference's
@@ -76,10 +79,12 @@ def critical_value(
     Each draw takes the cells' means from ``model`` (normal: variances as if known)
     and divides every pair's centred difference by a standard error built from seed
     variances redrawn as the study could have read them; the critical value is the
-    ``1 - alpha`` quantile of the largest ratio over all pairs.
+    ``1 - alpha`` quantile of the largest ratio over all pairs. NaN for fewer than two
+    cells, or when no cell has two seeds: the seed noise is unknown, and the split's
+    noise alone would call cells worse on a seed's luck.
     """
     cells = len(model.observed)
-    if cells < 2:
+    if cells < 2 or not model.seeds_measured:
         return math.nan
     centred = model.draws(rng, resamples, heavy=False) - model.observed
     variances = model.redrawn_seed_variances(rng, resamples) / model.seeds
@@ -95,9 +100,14 @@ def critical_value(
 
 
 def worse_than(model: NoiseModel, best: int, critical: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per cell: whether it is separated below cell ``best``, and the lead's standard error."""
+    """Per cell: whether it is separated below cell ``best``, and the lead's standard error.
+
+    A NaN ``critical`` (:func:`critical_value` could not tell) separates no cell.
+    """
     lead = model.observed[best] - model.observed
     error = model.pair_error(best)
+    if not math.isfinite(critical):
+        return np.zeros(len(lead), dtype=bool), error
     separated = np.where(error > 0, lead - critical * error > 0, lead > 0)
     separated[best] = False
     return separated, error
@@ -138,7 +148,10 @@ def permutation_p_value(
     """P-value of the spread of marginal means of ``values`` under permuted run labels.
 
     Runs are permuted among the cells of one stratum (the other axes' values) that
-    trained the same seed.
+    trained the same seed. NaN when no stratum holds runs of two of the axis' values:
+    no permutation can move a run to another value, so there is nothing to test. A
+    small design bounds the attainable p-value too (a 2 x 2 grid of 2 seeds cannot
+    reach 5%): the p-value says so by staying high.
     """
     _, marginal = _marginal_matrix(values)
     groups: dict[tuple[Any, int], int] = {}
@@ -148,6 +161,11 @@ def permutation_p_value(
             accuracy.append(float(row.mean()))
             group.append(groups.setdefault((strata[index], seed), len(groups)))
             owner.append(index)
+    mixed: dict[int, set[float]] = {}
+    for slot, owner_index in zip(group, owner, strict=True):
+        mixed.setdefault(slot, set()).add(values[owner_index])
+    if all(len(found) < 2 for found in mixed.values()):
+        return math.nan
     order = np.argsort(group, kind="stable")
     accuracy_sorted = np.asarray(accuracy)[order]
     group_sorted = np.asarray(group, dtype=float)[order]
@@ -212,10 +230,20 @@ def axis_tests(
         low, high = percentile_interval(contrast, level)
         effect = float(level_means[best] - level_means[worst])
         tested.append((name, len(levels), p_value, levels[best], levels[worst], effect, low, high))
-    adjusted = holm([row[2] for row in tested])
+    # Holm over the axes that could be tested; an untestable one keeps NaN p-values.
+    testable = [row for row in tested if math.isfinite(row[2])]
+    adjusted = dict(
+        zip((row[0] for row in testable), holm([row[2] for row in testable]), strict=True)
+    )
     return [
-        AxisTest(*row[:3], p_holm, p_holm < ALPHA, *row[3:], permutations)
-        for row, p_holm in zip(tested, adjusted, strict=True)
+        AxisTest(
+            *row[:3],
+            adjusted.get(row[0], math.nan),
+            adjusted.get(row[0], 1.0) < ALPHA,
+            *row[3:],
+            permutations,
+        )
+        for row in tested
     ]
 
 
@@ -248,18 +276,19 @@ def separation(
     """What separating ``runner`` from ``best`` would take (an approximate plan).
 
     ``seed_variance`` is each cell's seed variance (default: :func:`seed_variances`
-    of the two).
+    of the two). The plan is unknown (``None`` figures) without a critical value or a
+    seed variance: nothing says how much a seed moves a cell.
     """
     seeds = min(len(best.seeds), len(runner.seeds))
     examples = best.correct.shape[1]
     difference = best.mean - runner.mean
-    if seeds < 2 or not math.isfinite(critical):
+    variances = seed_variance or tuple(seed_variances([best.correct, runner.correct]))
+    if not math.isfinite(critical) or not any(v > 0 for v in variances):
         return Separation(difference, None, seeds, examples, None, None, None)
     # The split's part of the paired difference's variance scales with 1 / examples,
     # the seeds' part with 1 / seeds.
     pair = split_covariance([best.correct, runner.correct])
     example_part = float(pair[0, 0] + pair[1, 1] - 2 * pair[0, 1])
-    variances = seed_variance or tuple(seed_variances([best.correct, runner.correct]))
     seed_part = sum(v / len(c.seeds) for v, c in zip(variances, (best, runner), strict=True))
     factor = critical + NormalDist().inv_cdf(POWER)
     detectable = factor * math.sqrt(seed_part + example_part)
@@ -268,7 +297,8 @@ def separation(
     target = (difference / factor) ** 2  # the variance the difference can afford
     seeds_needed = examples_needed = None
     if target > example_part:
-        seeds_needed = max(seeds, math.ceil(seeds * seed_part / (target - example_part)))
+        # The same seed count n for both cells: (v_best + v_runner) / n fits the target.
+        seeds_needed = max(seeds, math.ceil(sum(variances) / (target - example_part)))
     if target > seed_part:
         examples_needed = max(examples, math.ceil(examples * example_part / (target - seed_part)))
     scale = max(1.0, (seed_part + example_part) / target)

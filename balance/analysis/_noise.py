@@ -6,6 +6,7 @@ split's chosen-minus-baseline difference. The methods are in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -232,8 +233,10 @@ def race_round(
     """The seeds each cell gets in the next racing round, by cell key (F-Race style).
 
     Only cells not yet separated from the best race on, ``step`` seeds more each
-    (fewer where ``max_seeds`` leaves fewer). Empty when the best stands alone (the
-    race is decided) or every surviving cell has ``max_seeds`` (the budget is spent).
+    (fewer where ``max_seeds`` leaves fewer); a cell left out of one round rejoins a
+    later one if the others' new seeds bring the best down toward it. Empty when the
+    best stands alone (the race is decided) or every surviving cell has ``max_seeds``
+    (the budget is spent).
     A race looks at its cells up to ``ceil(max_seeds / step)`` times, so it drops a
     cell only when it is separated at :data:`ALPHA` over that many looks (Bonferroni):
     stricter than the verdict, so that a cell the full grid would keep is not left
@@ -243,7 +246,10 @@ def race_round(
     if len(cells) < 2:
         return {}
     looks = -(-max_seeds // step)
-    _, _, separated = best_set(cells, np.random.default_rng(seed), alpha=ALPHA / looks)
+    alpha = ALPHA / looks
+    # A far tail needs draws: about 200 beyond the quantile.
+    resamples = max(RESAMPLES, math.ceil(200 / alpha))
+    _, _, separated = best_set(cells, np.random.default_rng(seed), resamples, alpha)
     alive = [cell for cell, worse in zip(cells, separated, strict=True) if not worse]
     if len(alive) < 2:
         return {}

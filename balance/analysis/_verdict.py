@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import pandas as pd
@@ -75,7 +76,9 @@ class Verdict(NamedTuple):
 
     ``within_noise`` is ``None`` when it cannot be told (fewer than two cells with
     data, or a cell of the two trained with one seed). ``near_best`` counts the
-    other cells whose mean lies within the best cell's seed std of the best.
+    other cells whose mean lies within the best cell's seed std of the best. With
+    ``noise``, ``within_noise`` says whether the runner-up is indistinguishable from
+    the best and ``near_best`` counts the other indistinguishable cells.
     """
 
     metric: str
@@ -301,13 +304,20 @@ def _noise_sentences(noise: NoiseAnalysis, unit: str, tied: int) -> list[str]:
     tests = f"at the {100 * noise.alpha:.0f}% level, corrected for comparing {others + 1} {unit}s"
     if others == 0:
         sentences.append(f"Only one {unit} is measured: there is nothing to compare it with.")
+    elif not math.isfinite(noise.critical):
+        sentences.append(
+            f"With one seed per {unit} the seed noise is unknown, so no {unit} is called "
+            "worse than the best (set seeds >= 2 to tell real differences from noise)."
+        )
     elif close == 0:
         sentences.append(
             f"Every other {unit} is worse beyond noise ({tests}): the best stands out."
         )
     else:
-        which = f"All {others} other {unit}s" if close == others else f"{close} of {others} other"
-        which += "" if close == others else (f" {unit}s" if others > 1 else f" {unit}")
+        if close == others:
+            which = f"The other {unit}" if others == 1 else f"All {others} other {unit}s"
+        else:
+            which = f"{close} of the {others} other {unit}s"
         sentences.append(
             f"{which} cannot be told apart from it ({tests}); "
             f"{'they are' if close > 1 else 'it is'} marked on the heatmaps."
@@ -324,7 +334,15 @@ def _noise_sentences(noise: NoiseAnalysis, unit: str, tied: int) -> list[str]:
             f"{test.best_value:.3g} (best) and {test.worst_value:.3g} (worst) ({level} interval "
             f"{100 * test.low:.2f} to {_points(test.high)}; p = {test.p_holm:.2g}, Holm)."
         )
-    quiet = [t for t in noise.axes if not t.detectable]
+    untested = [t for t in noise.axes if not math.isfinite(t.p_value)]
+    if untested:
+        sentences.append(
+            "Not testable: "
+            + ", ".join(AXIS_WORDS[t.name] for t in untested)
+            + " (no two of its values share the other axes and a seed, so no permutation"
+            " moves a run between them)."
+        )
+    quiet = [t for t in noise.axes if not t.detectable and math.isfinite(t.p_value)]
     if quiet:
         sentences.append(
             "No detectable effect: "
