@@ -199,6 +199,21 @@ def test_a_journal_of_an_older_layout_reads_back_to_its_summary(tmp_path: Path) 
     assert not different
 
 
+def test_a_journal_of_an_older_layout_still_makes_a_report_that_says_what_it_lacks(
+    tmp_path: Path,
+) -> None:
+    from balance.report import build_report
+
+    old = ROOT / "tests" / "data" / "old-layout"
+    (tmp_path / "mnist1d-cnn").mkdir()
+    shutil.copy(old / "mnist1d-cnn" / "study.journal", tmp_path / "mnist1d-cnn" / "study.journal")
+    record = load_study_record(load_study_file(old / "mnist1d-cnn.toml"), root=tmp_path)
+    page = build_report(record, root=tmp_path).read_text()
+    assert "kept no per-example results" in page  # no comparison carries an interval
+    assert "Tests of no effect" not in page
+    assert "mean ± std over 2 seeds" in page  # the verdict of raw seed statistics
+
+
 def test_the_committed_example_reads_back_to_its_committed_summary(tmp_path: Path) -> None:
     """The committed example's journal gives its summary.json, noise analysis included."""
     import json
