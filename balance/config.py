@@ -1,26 +1,41 @@
 """Validated configuration: the one place where user input is checked.
 
 Every hyperparameter states its unit here. Names are the ones used by the CLI
-flags, study files, Optuna parameters, DataFrame columns and the report.
+flags, study files, Optuna parameters, DataFrame columns and the report. The
+search axes live in :mod:`balance.search_space` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import itertools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    ValidationError,
-    field_validator,
-    model_validator,
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from balance.search_space import (
+    AXIS_TAGS,
+    MAX_GRID_CELLS,
+    SEARCHED,
+    FloatRange,
+    SearchSpace,
+    StrictModel,
+    base_setting,
 )
+
+__all__ = [
+    "MAX_GRID_CELLS",
+    "SEARCHED",
+    "ConfigError",
+    "FloatRange",
+    "RangeTestConfig",
+    "SearchSpace",
+    "StudyConfig",
+    "TrainConfig",
+    "base_setting",
+    "build",
+    "format_validation_error",
+]
 
 BUILTIN_DATA = ("mnist1d", "mnist1d-10k", "digits", "fashion-mnist", "mnist", "cifar10")
 """Data sets balance knows by name; ``mnist1d``, ``mnist1d-10k`` and ``digits`` need no files."""
@@ -53,8 +68,7 @@ class ConfigError(ValueError):
         self.problems = problems or [message]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+_Strict = StrictModel
 
 
 def _check_name(value: str, builtin: tuple[str, ...], what: str) -> str:
@@ -236,6 +250,21 @@ class RangeTestConfig(_Strict):
         return self.end_lr * 10**self.extend_decades
 
 
+def trial_config(
+    train: TrainConfig, setting: dict[str, Any], max_lrs: dict[int, float]
+) -> TrainConfig:
+    """The run of one setting: ``train`` with the setting's regularizers and batch size,
+    at stage 1's max LR for that batch size times the setting's ``lr_multiplier``.
+
+    ``setting`` holds searched values (:data:`SEARCHED`); an axis it lacks keeps
+    the base run's value (:func:`base_setting`).
+    """
+    values = {**base_setting(train), **setting}
+    multiplier = float(values.pop("lr_multiplier"))
+    max_lr = max_lrs[int(values["batch_size"])] * multiplier
+    return train.model_copy(update={**values, "max_lr": max_lr})
+
+
 def format_validation_error(error: ValidationError, prefix: str = "") -> list[str]:
     """One line per problem: ``field: message (got value)``."""
     lines = []
@@ -244,7 +273,7 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> list[st
         for part in item["loc"]:
             if isinstance(part, int):
                 loc += f"[{part}]"
-            elif part not in _AXIS_TAGS:
+            elif part not in AXIS_TAGS:
                 loc += f".{part}" if loc else str(part)
         field = f"{prefix}{loc}" if loc else (prefix.rstrip(".") or "config")
         message = item["msg"].removeprefix("Value error, ")
@@ -266,95 +295,7 @@ def build(model: type[_Strict], values: dict[str, Any]) -> Any:
 
 SamplerName = Literal["grid", "tpe", "gp", "random"]
 PrunerName = Literal["none", "median", "hyperband"]
-LrScaling = Literal["range-test", "linear", "sqrt", "none"]
-SEARCHED = ("weight_decay", "dropout", "batch_size")
-MAX_GRID_CELLS = 10_000
-
-NonNegativeFloat = Annotated[float, Field(ge=0.0)]
-DropoutValue = Annotated[float, Field(ge=0.0, lt=1.0)]
-BatchSize = Annotated[int, Field(ge=1)]
-_AXIS_TAGS = ("values", "range")
-
-
-def _axis_kind(value: Any) -> str:
-    return "range" if isinstance(value, dict | BaseModel) else "values"
-
-
-class FloatRange(_Strict):
-    """A continuous range for Bayesian search: ``{ low = 1e-6, high = 1e-2, log = true }``."""
-
-    low: float = Field(ge=0.0)
-    high: float = Field(ge=0.0)
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> FloatRange:
-        if self.high <= self.low:
-            raise ValueError(f"high must exceed low, got low={self.low}, high={self.high}")
-        if self.log and self.low <= 0.0:
-            raise ValueError(f"a log range needs low > 0, got low={self.low}")
-        return self
-
-
-class SearchSpace(_Strict):
-    """The regularizers a study sweeps. A list is a grid axis (or categorical choice)."""
-
-    weight_decay: (
-        Annotated[
-            Annotated[list[NonNegativeFloat], Tag("values")] | Annotated[FloatRange, Tag("range")],
-            Discriminator(_axis_kind),
-        ]
-        | None
-    ) = None
-    dropout: (
-        Annotated[
-            Annotated[list[DropoutValue], Tag("values")] | Annotated[FloatRange, Tag("range")],
-            Discriminator(_axis_kind),
-        ]
-        | None
-    ) = None
-    batch_size: list[BatchSize] | None = None
-
-    @field_validator("weight_decay", "dropout", "batch_size")
-    @classmethod
-    def _not_empty(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("must list at least one value")
-            if len(set(value)) != len(value):
-                raise ValueError(f"lists a value twice: {value}")
-        return value
-
-    @model_validator(mode="after")
-    def _some_axis(self) -> SearchSpace:
-        if all(getattr(self, name) is None for name in SEARCHED):
-            raise ValueError("search names none of weight_decay, dropout, batch_size")
-        dropout = self.dropout
-        if isinstance(dropout, FloatRange) and dropout.high >= 1.0:
-            raise ValueError(f"dropout range must stay below 1, got high={dropout.high}")
-        return self
-
-    def axes(self) -> dict[str, list[Any] | FloatRange]:
-        """The searched parameters, in the fixed order weight_decay, dropout, batch_size."""
-        return {name: getattr(self, name) for name in SEARCHED if getattr(self, name) is not None}
-
-    @property
-    def is_grid(self) -> bool:
-        """Whether every axis is a list of values."""
-        return all(isinstance(axis, list) for axis in self.axes().values())
-
-    @property
-    def n_cells(self) -> int:
-        """Number of grid cells (only meaningful when :attr:`is_grid`)."""
-        count = 1
-        for axis in self.axes().values():
-            count *= len(axis) if isinstance(axis, list) else 1
-        return count
-
-    def grid_cells(self) -> list[dict[str, Any]]:
-        """Every cell of the list axes, in the order the axes list their values."""
-        axes = {name: axis for name, axis in self.axes().items() if isinstance(axis, list)}
-        return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+LrScaling = Literal["range-test", "fit", "linear", "sqrt", "none"]
 
 
 class StudyConfig(_Strict):

@@ -22,7 +22,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from balance.cells import CellResult, best_cell, cell_key, cell_results, parse_cell_key
-from balance.config import SEARCHED, StudyConfig
+from balance.config import SEARCHED, StudyConfig, base_setting
 from balance.range_test import RangeTestResult
 from balance.runs import FinalEvaluation, RunDivergence, SeedRun, optional_float
 from balance.storage import trial_id
@@ -355,7 +355,7 @@ class StudyRecord:
     @property
     def cells(self) -> list[CellResult]:
         """:func:`cell_results` of the trials."""
-        return cell_results(self.trials, self.config.train.model_dump())
+        return cell_results(self.trials, base_setting(self.config.train))
 
     @property
     def best(self) -> CellResult | None:

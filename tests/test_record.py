@@ -145,7 +145,7 @@ def test_a_cell_trained_twice_pools_its_seeds_and_is_reported_as_duplicated() ->
     )
     assert set(every_best(study, record).values()) == {(1e-3, 0.2)}
     grid = balance_grid(runs_frame(record), "val_accuracy", axes=grid_axes(record.config))
-    pooled = grid.loc[(64, 0.0, 0.0)]
+    pooled = grid.loc[(64, 1.0, 0.0, 0.0)]
     assert pooled["seeds"] == 4 and pooled["mean"] == pytest.approx(0.93)
     summary = summarize(record, trials_frame(record))
     assert summary["audit"]["duplicated"] == [cell_key({"weight_decay": 0.0, "dropout": 0.0})]
@@ -188,6 +188,7 @@ def test_a_journal_of_an_older_layout_reads_back_to_its_summary(tmp_path: Path) 
     # Fields added since only extend the summary: without per-example correctness no
     # comparison carries an interval, and the summary says so with nulls.
     assert summary["best"].pop("val_accuracy_interval") is None
+    assert summary["best"]["params"].pop("lr_multiplier") == 1.0  # the LR axis, unsearched
     assert summary["indistinguishable"] is None and summary["noise"] is None
     assert summary["cells"] == [] and summary["axes"] == {}
     added = {"noise", "cells", "indistinguishable", "axes", "what_it_would_take", "test_difference"}

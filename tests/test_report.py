@@ -26,6 +26,7 @@ from balance.analysis import (
     balance_grid,
     balance_verdict,
     grid_axes,
+    grid_key,
     runs_frame,
     trials_frame,
 )
@@ -101,11 +102,15 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[StudyConfig, Pat
 
 def expected_cells(
     study: optuna.Study, metric: str
-) -> dict[tuple[int, float, float], tuple[float, float, int]]:
-    """Mean, population std and count over seeds per cell, straight from the trials' runs."""
-    values: dict[tuple[int, float, float], list[float]] = {}
+) -> dict[tuple[int, float, float, float], tuple[float, float, int]]:
+    """Mean, population std and count over seeds per cell, straight from the trials' runs.
+
+    Keyed as a balance grid: ``(batch_size, lr_multiplier, weight_decay, dropout)``.
+    """
+    values: dict[tuple[int, float, float, float], list[float]] = {}
     for trial in study.get_trials(states=(TrialState.COMPLETE,)):
-        key = (trial.params["batch_size"], trial.params["weight_decay"], trial.params["dropout"])
+        params = trial.params
+        key = (params["batch_size"], 1.0, params["weight_decay"], params["dropout"])
         for run in trial.user_attrs["runs"]:
             value = (
                 run["val_accuracy"]
@@ -160,7 +165,7 @@ def test_heatmap_numbers_are_the_means_over_seeds_of_the_trials_runs(
     figure = plot_balance(grid, metric)
     for size, ax in facets(figure).items():
         drawn = facet_cells(ax)
-        for (batch_size, weight_decay, dropout), (mean, std, seeds) in expected.items():
+        for (batch_size, _, weight_decay, dropout), (mean, std, seeds) in expected.items():
             if batch_size == size:
                 assert drawn[(weight_decay, dropout)] == [format_cell(mean, std, seeds)]
 
@@ -170,7 +175,12 @@ def test_trial_values_agree_with_the_grid(finished: tuple[StudyConfig, Path, Pat
     study = load(config, root)
     grid = balance_grid(runs_frame(record_of(study, config)), "val_accuracy")
     for trial in study.get_trials(states=(TrialState.COMPLETE,)):
-        key = (trial.params["batch_size"], trial.params["weight_decay"], trial.params["dropout"])
+        key = (
+            trial.params["batch_size"],
+            1.0,
+            trial.params["weight_decay"],
+            trial.params["dropout"],
+        )
         assert grid.loc[key, "mean"] == pytest.approx(trial.value, abs=1e-12)
 
 
@@ -214,7 +224,7 @@ def test_diverged_cells_are_marked_and_listed_with_their_reason(
     )
     diverged = grid[grid["status"] == "diverged"]
     assert sorted(diverged.index) == [
-        (size, 1e4, dropout) for size in sorted(BATCH_SIZES) for dropout in sorted(DROPOUTS)
+        (size, 1.0, 1e4, dropout) for size in sorted(BATCH_SIZES) for dropout in sorted(DROPOUTS)
     ]
     assert diverged["mean"].isna().all()
     for size, ax in facets(plot_balance(grid, "val_accuracy")).items():
@@ -233,7 +243,12 @@ def test_missing_cells_are_marked_with_a_dash() -> None:
     grid = balance_grid(
         runs_frame(record),
         "val_accuracy",
-        axes={"batch_size": [32], "weight_decay": [0.0, 1e-4], "dropout": [0.0, 0.5]},
+        axes={
+            "batch_size": [32],
+            "lr_multiplier": [1.0],
+            "weight_decay": [0.0, 1e-4],
+            "dropout": [0.0, 0.5],
+        },
     )
     assert grid["status"].value_counts().to_dict() == {"missing": 3, "done": 1}
     ax = next(iter(facets(plot_balance(grid, "val_accuracy")).values()))
@@ -262,15 +277,12 @@ def test_best_cell_is_outlined_and_the_verdict_names_it(
     verdict = balance_verdict(grid, noise=noise)
     best = grid["mean"].idxmax()
     assert verdict.best is not None and verdict.runner_up is not None
-    assert (verdict.best.batch_size, verdict.best.weight_decay, verdict.best.dropout) == best
+    assert grid_key(verdict.best._asdict()) == best
     assert verdict.difference == pytest.approx(
         grid["mean"].max() - grid["mean"].nlargest(2).iloc[1]
     )
     assert {effect.name for effect in verdict.effects} == {"batch_size", "weight_decay", "dropout"}
-    close = [
-        (cell.params["batch_size"], cell.params["weight_decay"], cell.params["dropout"])
-        for cell in noise.indistinguishable
-    ]
+    close = [grid_key(cell.params) for cell in noise.indistinguishable]
     assert close[0] == best
     figure = plot_balance(grid, "val_accuracy", chosen=best, indistinguishable=close)
     marks: dict[str, list[int]] = {"chosen": [], "indistinguishable": []}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from study_files import ROOT, study_config, tiny_values
@@ -39,8 +40,12 @@ def test_each_sampler_and_pruner_runs_a_study_with_list_and_range_axes(
         n_trials=4,
         seeds=2,
         train={"epochs": 2},
-        # a range and a list in one space: the report must bin one and keep the other
-        search={"weight_decay": {"low": 1e-5, "high": 1e-2, "log": True}, "dropout": [0.0, 0.2]},
+        # ranges and a list in one space: the report must bin one and keep the other
+        search={
+            "weight_decay": {"low": 1e-5, "high": 1e-2, "log": True},
+            "dropout": [0.0, 0.2],
+            "lr_multiplier": {"low": 0.25, "high": 2.0, "log": True},
+        },
     )
     config = study_config(values)
     result = sweep(config, root=tmp_path)
@@ -52,11 +57,11 @@ def test_each_sampler_and_pruner_runs_a_study_with_list_and_range_axes(
     for trial in record.trials:
         assert 1e-5 <= trial.params["weight_decay"] <= 1e-2
         assert trial.params["dropout"] in (0.0, 0.2)
+        # the peak LR is the file's max LR (stage 1's answer) times the trial's multiplier
+        assert 0.25 <= trial.params["lr_multiplier"] <= 2.0
+        assert trial.max_lr == pytest.approx(0.1 * trial.params["lr_multiplier"])
     best = summary["best"]["params"]
-    assert (best["weight_decay"], best["dropout"]) == (
-        record.best.params["weight_decay"],
-        record.best.params["dropout"],
-    )
+    assert best == record.best.params and "lr_multiplier" in best
     page = result.report.read_text()
     assert "Bayesian study" in page and "scatter of trials over weight decay" in page
 
@@ -120,3 +125,31 @@ def test_asking_for_cuda_where_there_is_none_is_a_config_error(digits: Dataset) 
         return
     with pytest.raises(ConfigError, match=r"^device: 'cuda' requested but CUDA is not available"):
         train(TrainConfig(**config), data=digits)
+
+
+def test_an_lr_multiplier_grid_trains_each_level_at_its_share_of_stage_ones_lr(
+    tmp_path: Path,
+) -> None:
+    config = study_config(
+        tiny_values(
+            "lr-levels",
+            search={"weight_decay": [0.0, 1e-3], "lr_multiplier": [0.5, 1.0, 2.0]},  # x 2 dropouts
+        )
+    )
+    result = sweep(config, root=tmp_path)
+    record = load_study_record(config, root=tmp_path)
+    trained = {trial.cell: trial.max_lr for trial in record.trials if trial.state == "complete"}
+    assert len(trained) == 12 and result.summary["audit"]["missing"] == []
+    for trial in record.trials:
+        assert trial.max_lr == pytest.approx(0.1 * trial.params["lr_multiplier"])
+        assert trial.cell.endswith(f"|lr_multiplier={trial.params['lr_multiplier']!r}")
+    frame = pd.read_csv(tmp_path / "lr-levels" / "trials.csv")
+    assert sorted(frame["lr_multiplier"].unique()) == [0.5, 1.0, 2.0]
+    assert frame["max_lr"].tolist() == pytest.approx((0.1 * frame["lr_multiplier"]).tolist())
+    assert pd.read_parquet(tmp_path / "lr-levels" / "trials.parquet")["lr_multiplier"].size == 12
+    assert "lr_multiplier" in result.summary["axes"]
+    # the chosen cell is retrained on test at its own LR, not at the range test's
+    multiplier = result.summary["best"]["params"]["lr_multiplier"]
+    assert result.summary["test"]["chosen"]["max_lr"] == pytest.approx(0.1 * multiplier)
+    page = result.report.read_text()
+    assert "batch size 64, LR x0.5" in page or "LR multiplier" in page

@@ -45,7 +45,14 @@ def test_grid_trains_every_cell_exactly_once(tmp_path: Path) -> None:
     assert result.summary["audit"]["duplicated"] == []
     assert (tmp_path / "grid-once" / "trials.parquet").stat().st_size > 0
     frame = json.loads((tmp_path / "grid-once" / "summary.json").read_text())
-    assert frame["best"]["params"].keys() == {"weight_decay", "dropout", "batch_size"}
+    # every axis, the unsearched LR multiplier at its base value (the range test's LR)
+    assert frame["best"]["params"].keys() == {
+        "weight_decay",
+        "dropout",
+        "batch_size",
+        "lr_multiplier",
+    }
+    assert frame["best"]["params"]["lr_multiplier"] == 1.0
     interval = frame["best"]["val_accuracy_interval"]  # seeds and validation examples
     assert interval["low"] <= frame["best"]["val_accuracy"] <= interval["high"]
     assert interval["high"] - interval["low"] > 0 and interval["level"] == 0.9

@@ -21,6 +21,7 @@ from balance.analysis._grid import (
     batch_size_table,
     bin_ranges,
     grid_axes,
+    grid_key,
 )
 from balance.analysis._importance import Importances, param_importances
 from balance.analysis._noise import (
@@ -67,6 +68,7 @@ __all__ = [
     "cell_runs",
     "environment",
     "grid_axes",
+    "grid_key",
     "param_importances",
     "race_round",
     "regularizer_effects",

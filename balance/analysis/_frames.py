@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from balance.cells import cell_key, repeated_runs
-from balance.config import SEARCHED, StudyConfig
+from balance.config import SEARCHED, StudyConfig, base_setting
 from balance.record import StudyRecord, TrialRecord
 from balance.runs import finite_or_nan
 
@@ -39,8 +39,9 @@ FRAME_COLUMNS = [
     "race_round",
 ]
 
-GRID_INDEX = ["batch_size", "weight_decay", "dropout"]
-"""The index of a balance grid: one panel per batch size, weight decay x dropout inside."""
+GRID_INDEX = ["batch_size", "lr_multiplier", "weight_decay", "dropout"]
+"""The index of a balance grid: one panel per batch size and LR multiplier, weight decay x
+dropout inside."""
 
 METRICS = ("val_accuracy", "val_loss", "gap")
 """Metrics a balance grid can aggregate; only ``val_accuracy`` is better when higher."""
@@ -72,7 +73,8 @@ def _mean(values: list[float]) -> float:
 
 
 def _setting(trial: TrialRecord, config: StudyConfig) -> dict[str, Any]:
-    return {name: trial.params.get(name, getattr(config.train, name)) for name in SEARCHED}
+    base = base_setting(config.train)
+    return {name: trial.params.get(name, base[name]) for name in SEARCHED}
 
 
 def trial_row(trial: TrialRecord, config: StudyConfig) -> dict[str, Any]:
@@ -153,6 +155,7 @@ def runs_frame(record: StudyRecord) -> pd.DataFrame:
             "batch_size": int,
             "weight_decay": float,
             "dropout": float,
+            "lr_multiplier": float,
             "seed": int,
             "steps": int,
             "diverged": bool,

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from balance.analysis._frames import GRID_INDEX, METRICS
-from balance.config import StudyConfig
+from balance.config import StudyConfig, base_setting
 
 GRID_COLUMNS = ["mean", "std", "seeds", "trials", "diverged", "status"]
 
@@ -33,15 +33,23 @@ def grid_axes(config: StudyConfig) -> dict[str, list[float]] | None:
     An axis the study does not search has the one value of the base run.
     """
     axes: dict[str, list[float]] = {}
+    base = base_setting(config.train)
     for name in GRID_INDEX:
         axis = getattr(config.search, name)
         if axis is None:
-            axes[name] = [getattr(config.train, name)]
+            axes[name] = [base[name]]
         elif isinstance(axis, list):
             axes[name] = sorted(axis)
         else:
             return None
     return axes
+
+
+def grid_key(row: Any) -> tuple[Any, ...]:
+    """A setting's key in a balance grid's index (:data:`GRID_INDEX` order, numeric types)."""
+    return tuple(
+        int(row[name]) if name == "batch_size" else float(row[name]) for name in GRID_INDEX
+    )
 
 
 def _trial_status(state: str, fail_reason: str) -> str:
@@ -71,7 +79,7 @@ def balance_grid(
         axes: :func:`grid_axes`, so cells no trial reached are listed as ``missing``.
 
     Returns:
-        A frame indexed by ``(batch_size, weight_decay, dropout)`` in numeric order with
+        A frame indexed by :data:`GRID_INDEX` in numeric order with
         the columns of :data:`GRID_COLUMNS`; ``mean`` and ``std`` are NaN where
         ``seeds`` is 0, and ``status`` is one of :data:`CELL_STATUSES`.
     """
@@ -85,12 +93,11 @@ def balance_grid(
     if trials is not None:
         known = trials[~trials["surplus"] & (trials["cell"] != "")]
         for row in known.itertuples(index=False):
-            key = (int(row.batch_size), float(row.weight_decay), float(row.dropout))
+            key = grid_key(row._asdict())
             statuses.setdefault(key, []).append(_trial_status(row.state, row.fail_reason))
     else:
         for (_, state), group in runs.groupby(["number", "state"]):
-            first = group.iloc[0]
-            key = (int(first["batch_size"]), float(first["weight_decay"]), float(first["dropout"]))
+            key = grid_key(group.iloc[0])
             reason = "diverged" if group["diverged"].any() else ""
             statuses.setdefault(key, []).append(_trial_status(str(state), reason))
     keys = set(stats.index) | set(statuses)
@@ -153,6 +160,7 @@ def batch_size_table(
             "batch_size": size,
             "best_mean": math.nan,
             "best_std": math.nan,
+            "lr_multiplier": math.nan,
             "weight_decay": math.nan,
             "dropout": math.nan,
             "cells": len(cells),
@@ -161,11 +169,13 @@ def batch_size_table(
         }
         if len(cells):
             key = cells["mean"].idxmax()
+            setting = dict(zip(GRID_INDEX, key, strict=True))
             row.update(
                 best_mean=cells.loc[key, "mean"],
                 best_std=cells.loc[key, "std"],
-                weight_decay=key[1],
-                dropout=key[2],
+                lr_multiplier=setting["lr_multiplier"],
+                weight_decay=setting["weight_decay"],
+                dropout=setting["dropout"],
                 cell_min=cells["mean"].min(),
                 cell_max=cells["mean"].max(),
             )

@@ -62,13 +62,26 @@ class Cell(NamedTuple):
     mean: float
     std: float
     seeds: int
+    lr_multiplier: float = 1.0
 
     def setting(self) -> str:
-        """The setting in words: ``weight decay 0.0001, dropout 0.1, batch size 64``."""
-        return (
-            f"weight decay {self.weight_decay:.3g}, dropout {self.dropout:.3g}, "
-            f"batch size {self.batch_size}"
-        )
+        """The setting in words: ``weight decay 0.0001, dropout 0.1, batch size 64``.
+
+        An LR multiplier other than 1 (the range test's max LR) is named too.
+        """
+        return setting_words(self._asdict())
+
+
+def setting_words(params: dict[str, Any]) -> str:
+    """A setting in words, as every sentence of the verdict names one."""
+    words = (
+        f"weight decay {params['weight_decay']:.3g}, dropout {params['dropout']:.3g}, "
+        f"batch size {params['batch_size']}"
+    )
+    multiplier = float(params.get("lr_multiplier", 1.0))
+    if multiplier != 1.0:
+        words += f", LR {multiplier:.3g} x the range test's"
+    return words
 
 
 class Verdict(NamedTuple):
@@ -93,7 +106,12 @@ class Verdict(NamedTuple):
     noise: NoiseAnalysis | None = None
 
 
-AXIS_WORDS = {"batch_size": "batch size", "weight_decay": "weight decay", "dropout": "dropout"}
+AXIS_WORDS = {
+    "batch_size": "batch size",
+    "weight_decay": "weight decay",
+    "dropout": "dropout",
+    "lr_multiplier": "LR multiplier",
+}
 _STATUS_WORDS = {
     "diverged": "diverged",
     "running": "still running",
@@ -105,13 +123,15 @@ _STATUS_WORDS = {
 
 
 def _cell(key: tuple[Any, ...], row: pd.Series) -> Cell:
+    setting = dict(zip(GRID_INDEX, key, strict=True))
     return Cell(
-        int(key[0]),
-        float(key[1]),
-        float(key[2]),
+        int(setting["batch_size"]),
+        float(setting["weight_decay"]),
+        float(setting["dropout"]),
         float(row["mean"]),
         float(row["std"]),
         int(row["seeds"]),
+        float(setting["lr_multiplier"]),
     )
 
 
@@ -249,7 +269,7 @@ def balance_verdict(
 def _edge_sentences(grid: pd.DataFrame, best: Cell) -> list[str]:
     """Warn when the best cell sits on the grid's edge: the balance may lie beyond it."""
     sentences = []
-    for name in ("weight_decay", "dropout"):
+    for name in ("weight_decay", "dropout", "lr_multiplier"):
         values = sorted(grid.index.get_level_values(name).unique())
         value = getattr(best, name)
         if len(values) < 2:
@@ -274,11 +294,7 @@ def _mean_std(cell: Cell) -> str:
 
 
 def _setting(cell: CellEstimate) -> str:
-    params = cell.params
-    return (
-        f"weight decay {params['weight_decay']:.3g}, dropout {params['dropout']:.3g}, "
-        f"batch size {params['batch_size']}"
-    )
+    return setting_words(cell.params)
 
 
 def _points(value: float) -> str:

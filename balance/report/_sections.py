@@ -19,6 +19,7 @@ from balance.analysis import (
     batch_size_table,
     bin_ranges,
     grid_axes,
+    grid_key,
     param_importances,
     regularizer_effects,
 )
@@ -142,20 +143,8 @@ def balance_section(
         unit="cell" if axes is not None else "trial",
         noise=noise,
     )
-    close = (
-        []
-        if noise is None
-        else [
-            (int(cell.params["batch_size"]), float(cell.params["weight_decay"]),
-             float(cell.params["dropout"]))
-            for cell in noise.indistinguishable
-        ]
-    )  # fmt: skip
-    chosen = (
-        None
-        if verdict.best is None
-        else (verdict.best.batch_size, verdict.best.weight_decay, verdict.best.dropout)
-    )
+    close = [] if noise is None else [grid_key(cell.params) for cell in noise.indistinguishable]
+    chosen = None if verdict.best is None else grid_key(verdict.best._asdict())
     if axes is not None and len(accuracy):
         for metric in METRICS if measured else ("val_accuracy",):
             figure = heatmaps.plot_balance(
@@ -167,7 +156,7 @@ def balance_section(
                     _picture(
                         figure,
                         f"heatmap of {METRIC_LABELS[metric]} over weight decay and "
-                        "dropout, one panel per batch size",
+                        "dropout, one panel per batch size and LR multiplier",
                     ),
                 )
             )

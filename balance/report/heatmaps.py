@@ -57,16 +57,18 @@ def plot_balance(
     grid: pd.DataFrame,
     metric: str,
     *,
-    chosen: tuple[int, float, float] | None = None,
-    indistinguishable: Collection[tuple[int, float, float]] = (),
+    chosen: tuple[Any, ...] | None = None,
+    indistinguishable: Collection[tuple[Any, ...]] = (),
 ) -> Figure:
-    """Seaborn heatmaps of weight decay (rows, growing upwards) x dropout, one per batch size.
+    """Seaborn heatmaps of weight decay (rows, growing upwards) x dropout, one per batch size
+    and LR multiplier.
 
     ``grid`` is a :func:`balance.analysis.balance_grid`. All facets share one colour
     scale; each measured cell reads ``mean ± std`` over seeds; a cell with no
     measurement is hatched and says why (``diverged``, ``running``, ``queued``,
     ``pruned``, ``failed``, or ``—`` for no trial). Axes are in numeric order. The
-    ``chosen`` cell ``(batch_size, weight_decay, dropout)`` is outlined in black;
+    ``chosen`` cell (a grid key: ``batch_size, lr_multiplier, weight_decay, dropout``)
+    is outlined in black;
     the ``indistinguishable`` cells (validation accuracy within noise of the chosen
     one) get a dashed outline.
     """
@@ -75,18 +77,20 @@ def plot_balance(
     from matplotlib.colors import Normalize
     from matplotlib.patches import Rectangle
 
-    sizes = sorted(grid.index.get_level_values("batch_size").unique())
-    if not sizes:
+    panels = sorted({(key[0], key[1]) for key in grid.index})
+    if not panels:
         raise ValueError("grid has no cells to draw")
+    several_lrs = len({multiplier for _, multiplier in panels}) > 1
     weight_decays = sorted(grid.index.get_level_values("weight_decay").unique())
     dropouts = sorted(grid.index.get_level_values("dropout").unique())
     width = max(3.8, 0.95 * len(dropouts) + 1.6)
     height = max(2.8, 0.62 * len(weight_decays) + 1.5)
-    figure, axes = facets(len(sizes), width, height, columns=3)
+    figure, axes = facets(len(panels), width, height, columns=3)
     vmin, vmax = _limits(grid["mean"], metric)
     cmap = METRIC_CMAPS[metric]
-    for ax, size in zip(axes, sizes, strict=True):
-        cells = grid.xs(size, level="batch_size")
+    for ax, panel in zip(axes, panels, strict=True):
+        size, multiplier = panel
+        cells = grid.xs(panel, level=["batch_size", "lr_multiplier"])
         table = cells.reset_index()
         means = table.pivot(index="weight_decay", columns="dropout", values="mean")
         means = means.reindex(index=weight_decays, columns=dropouts).astype(float)
@@ -110,7 +114,9 @@ def plot_balance(
         ax.tick_params(axis="y", rotation=0)
         ax.set_xlabel("dropout")
         ax.set_ylabel("weight decay")
-        ax.set_title(f"batch size {size}")
+        ax.set_title(
+            f"batch size {size}" + (f", LR x{format_value(multiplier)}" if several_lrs else "")
+        )
         for row, wd in enumerate(weight_decays):
             for column, dropout in enumerate(dropouts):
                 key = (wd, dropout)
@@ -146,9 +152,10 @@ def plot_balance(
                         "alpha": 0.85,
                     },
                 )
-        for batch_size, wd, dropout in indistinguishable:
-            if batch_size != size or (batch_size, wd, dropout) == chosen:
+        for outlined in indistinguishable:
+            if tuple(outlined[:2]) != panel or tuple(outlined) == chosen:
                 continue
+            wd, dropout = outlined[2], outlined[3]
             ax.add_patch(
                 Rectangle(
                     (dropouts.index(dropout) + 0.06, weight_decays.index(wd) + 0.06),
@@ -162,8 +169,8 @@ def plot_balance(
                     gid="indistinguishable",
                 )
             )
-        if chosen is not None and chosen[0] == size:
-            row, column = weight_decays.index(chosen[1]), dropouts.index(chosen[2])
+        if chosen is not None and tuple(chosen[:2]) == panel:
+            row, column = weight_decays.index(chosen[2]), dropouts.index(chosen[3])
             ax.add_patch(
                 Rectangle(
                     (column, row),

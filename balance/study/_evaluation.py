@@ -8,7 +8,7 @@ import optuna
 
 from balance import record
 from balance.cells import best_cell, cell_results
-from balance.config import ConfigError, StudyConfig, TrainConfig
+from balance.config import ConfigError, StudyConfig, TrainConfig, base_setting, trial_config
 from balance.data import Dataset
 from balance.loop import resolve_device
 from balance.record import StageOne, load_final, read_trials
@@ -22,7 +22,7 @@ def chosen_setting(study: optuna.Study, config: StudyConfig) -> tuple[int, dict[
     Raises:
         ConfigError: no trial has completed.
     """
-    best = best_cell(cell_results(read_trials(study), config.train.model_dump()))
+    best = best_cell(cell_results(read_trials(study), base_setting(config.train)))
     if best is None:
         raise ConfigError(f"study: {config.name!r} has no completed trial yet")
     return best.trials[0], dict(best.params)
@@ -46,9 +46,7 @@ def evaluate_on_test(
     if stored is not None and stored.params == params:
         return stored
     max_lrs = StageOne.from_study(study).max_lrs
-    chosen = config.train.model_copy(
-        update={**params, "max_lr": max_lrs[params["batch_size"]], "threads": threads}
-    )
+    chosen = trial_config(config.train, params, max_lrs).model_copy(update={"threads": threads})
     bases = {"chosen": chosen}
     baseline = config.baseline_config
     if baseline is not None:

@@ -13,7 +13,15 @@ from torch import nn
 
 from balance import record
 from balance.cells import cell_key
-from balance.config import SEARCHED, FloatRange, SearchSpace, StudyConfig, TrainConfig
+from balance.config import (
+    SEARCHED,
+    FloatRange,
+    SearchSpace,
+    StudyConfig,
+    TrainConfig,
+    base_setting,
+    trial_config,
+)
 from balance.data import Dataset
 from balance.loop import EpochMetrics
 from balance.optim import build_optimizer
@@ -50,12 +58,13 @@ def worker_identity() -> dict[str, Any]:
 
 
 def suggest(trial: optuna.Trial, space: SearchSpace, base: TrainConfig) -> dict[str, Any]:
-    """The trial's ``weight_decay``, ``dropout`` and ``batch_size`` (unsearched ones from base)."""
+    """The trial's value of every axis of :data:`SEARCHED` (unsearched ones from base)."""
     params: dict[str, Any] = {}
+    unsearched = base_setting(base)
     for name in SEARCHED:
         axis = getattr(space, name)
         if axis is None:
-            params[name] = getattr(base, name)
+            params[name] = unsearched[name]
         elif isinstance(axis, FloatRange):
             params[name] = trial.suggest_float(name, axis.low, axis.high, log=axis.log)
         else:
@@ -116,7 +125,8 @@ class Objective:
             record.mark_surplus(trial)
             raise optuna.TrialPruned("grid queue empty: no cell to claim")
         params = suggest(trial, self.config.search, self.base)
-        max_lr = self.max_lrs[params["batch_size"]]
+        run_config = trial_config(self.base, params, self.max_lrs)
+        max_lr = float(run_config.max_lr or 0.0)
         searched = self.config.search.axes()
         key = cell_key({name: params[name] for name in searched})
         count = record.queued_seed_count(trial) or self.config.seeds  # a racing round's own
@@ -145,7 +155,7 @@ class Objective:
                 if prune:
                     raise optuna.TrialPruned(f"pruned at seed {seed}, epoch {metrics.epoch}")
 
-            config = self.base.model_copy(update={**params, "max_lr": max_lr, "seed": seed})
+            config = run_config.model_copy(update={"seed": seed})
             with stop_allowed():
                 result = train(config, data=self.data, callback=report)
             runs.append(SeedRun.from_history(seed, history, result))
