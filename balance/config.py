@@ -320,7 +320,9 @@ class StudyConfig(_Strict):
     race: bool = Field(False, description="grid: more seeds only for cells not yet separated")
     max_seeds: int | None = Field(None, ge=2, description="racing: the most seeds a cell gets")
     lr_scaling: LrScaling = Field(
-        "range-test", description="max LR per batch size: own range test, or scaled from one"
+        "range-test",
+        description="max LR per batch size: own range test, a B**k fit through them (fit), "
+        "or scaled from one",
     )
     storage: str | None = Field(None, description="Optuna storage URL (default: journal file)")
     workers: int = Field(1, ge=1, description="local worker processes")
@@ -349,6 +351,14 @@ class StudyConfig(_Strict):
             raise ValueError(
                 "race = true needs sampler 'grid', seeds >= 2 (one seed cannot measure the "
                 f"seed noise) and max_seeds above seeds ({self.seeds})"
+            )
+        if self.lr_scaling == "fit" and (
+            self.train.max_lr is not None or len(self.batch_sizes) < 3
+        ):
+            raise ValueError(
+                "lr_scaling 'fit' fits max_lr = c * B**k through one range test per batch "
+                f"size: it needs 3 or more batch sizes (got {self.batch_sizes}) and no "
+                f"train.max_lr (got {self.train.max_lr})"
             )
         if self.baseline is not None:
             baseline = TrainConfig.model_validate({**self.train.model_dump(), **self.baseline})

@@ -41,10 +41,12 @@ from balance.range_test._rules import (
     suggest_steepest,
     suggest_valley,
 )
+from balance.range_test._scaling import BatchScaling, fit_batch_scaling
 from balance.range_test._sweep import find_max_lr, range_test, sweep_lrs
 
 __all__ = [
     "SUGGESTION_RULES",
+    "BatchScaling",
     "Probe",
     "RangeTestError",
     "RangeTestResult",
@@ -53,6 +55,7 @@ __all__ = [
     "curve_warnings",
     "diagnose_super_convergence",
     "find_max_lr",
+    "fit_batch_scaling",
     "range_test",
     "rule_curve",
     "smooth",

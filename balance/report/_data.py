@@ -163,7 +163,7 @@ def stage_one_words(config: StudyConfig, stage: StageOne) -> list[str]:
             f"No range test ran: the study file fixes max_lr = {train.max_lr:g} at batch "
             f"size {train.batch_size}."
         ]
-    elif config.lr_scaling == "range-test":
+    elif config.lr_scaling in ("range-test", "fit"):
         test = config.range_test
         averaged = "" if test.repeats == 1 else f", the mean of {test.repeats} seeds' sweeps"
         words = [
@@ -171,12 +171,19 @@ def stage_one_words(config: StudyConfig, stage: StageOne) -> list[str]:
             f"{test.start_lr:g} to {test.end_lr:g}{averaged}); max_lr is the {test.rule!r} "
             f"suggestion, min_lr = max_lr / {train.div_factor:g}."
         ]
+        if config.lr_scaling == "fit":
+            words.append(
+                "Each batch size then trains at the LR of the line max_lr = c * B^k fitted "
+                "through those answers (lr_scaling = 'fit'), not at its own test's."
+            )
     else:
         words = [
             f"One range test at batch size {train.batch_size}; its max_lr is scaled to "
             "the other batch sizes."
         ]
-    if len(lrs) > 1 and (train.max_lr is not None or config.lr_scaling != "range-test"):
+    if len(lrs) > 1 and (
+        train.max_lr is not None or config.lr_scaling not in ("range-test", "fit")
+    ):
         how = {
             "linear": "scaled linearly with the batch size",
             "sqrt": "scaled with the square root of the batch size",

@@ -9,7 +9,7 @@ import optuna
 from balance import record
 from balance.config import StudyConfig
 from balance.data import Dataset
-from balance.range_test import RangeTestResult
+from balance.range_test import RangeTestResult, fit_batch_scaling
 from balance.record import StageOne
 from balance.train import choose_max_lr
 
@@ -21,6 +21,9 @@ def fit_max_lrs(
 
     ``range-test`` runs one test per batch size (the LR must follow the batch
     size), each confirmed by its probes (:func:`balance.train.choose_max_lr`).
+    ``fit`` runs the same tests and then gives each size the LR of the line
+    ``max_lr = c * B**k`` fitted through them (:func:`balance.range_test.fit_batch_scaling`),
+    so one noisy test does not set its size's LR alone.
     ``linear`` and ``sqrt`` run one test at ``train.batch_size`` and scale
     from it; ``none`` uses that LR for every size. A ``train.max_lr`` given in the
     study file replaces the range test: it is the LR at ``train.batch_size``.
@@ -30,11 +33,15 @@ def fit_max_lrs(
     )
     sizes = config.batch_sizes
     tests: dict[int, RangeTestResult] = {}
-    if base.max_lr is None and config.lr_scaling == "range-test":
+    if base.max_lr is None and config.lr_scaling in ("range-test", "fit"):
         for size in sizes:
             sized = base.model_copy(update={"batch_size": size})
             tests[size] = choose_max_lr(sized, config.range_test, data=data)
-        return {size: tests[size].max_lr for size in sizes}, tests
+        measured = {size: tests[size].max_lr for size in sizes}
+        fit = fit_batch_scaling(measured) if config.lr_scaling == "fit" else None
+        if fit is None:
+            return measured, tests
+        return {size: fit.predict(size) for size in sizes}, tests
     if base.max_lr is not None:
         reference = base.max_lr
     else:
