@@ -9,6 +9,8 @@ import pandas as pd
 
 from balance.analysis._frames import audit
 from balance.analysis._noise import NoiseAnalysis, analyse_noise, empty_summary
+from balance.analysis._tradeoff import batch_size_study, lr_tradeoff
+from balance.range_test import fit_batch_scaling
 from balance.record import StudyRecord
 
 
@@ -41,9 +43,13 @@ def summarize(
     of validation accuracy over seeds. ``noise`` is :func:`analyse_noise` of ``record``
     (computed here when not given): every cell's interval, the cells indistinguishable
     from the best, the tests of no effect per axis, what separating the top cells would
-    take and the test split's paired difference.
+    take and the test split's paired difference; with it, the LR / weight decay
+    trade-off (``lr_tradeoff``) and each batch size's best cell with its cost
+    (``batch_sizes``). ``batch_scaling`` fits ``max_lr = c * B**k`` through stage 1's
+    range tests.
     """
     noise = analyse_noise(record) if noise is None else noise
+    tradeoff = None if noise is None else lr_tradeoff(record, noise)
     config = record.config
     states = frame["state"].value_counts().to_dict()
     best = record.best
@@ -73,8 +79,20 @@ def summarize(
             else {"low": noise.best.low, "high": noise.best.high, "level": noise.level},
         },
         **(empty_summary() if noise is None else noise.to_summary()),
+        "lr_tradeoff": None if tradeoff is None else tradeoff.to_summary(),
+        "batch_sizes": []
+        if noise is None
+        else [result._asdict() for result in batch_size_study(record, noise)],
+        "batch_scaling": batch_scaling(record),
         "test": {} if record.final is None else record.final.to_attrs(),
         "audit": audit(frame, config),
         "wall_time_s": wall_time,
         "environment": environment(config.train.device),
     }
+
+
+def batch_scaling(record: StudyRecord) -> dict[str, Any] | None:
+    """``max_lr = c * B**k`` fitted through stage 1's own range tests (two or more sizes)."""
+    answers = {size: test.max_lr for size, test in record.stage_one.range_tests.items()}
+    fit = fit_batch_scaling(answers)
+    return None if fit is None else fit.to_dict()

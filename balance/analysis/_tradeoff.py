@@ -68,7 +68,7 @@ class LrTradeoff(NamedTuple):
 
     levels: list[LevelBest]
     trend: Trend
-    cells: pd.DataFrame  # one row per cell: setting, peak LR, mean, interval, lr_wd, tau
+    cells: pd.DataFrame  # per cell: setting, peak LR, mean, interval, lr_wd, tau, steps/epoch
     decay: str  # "decoupled" (adamw) or "coupled" (L2: sgd, adam)
 
     def to_summary(self) -> dict[str, Any]:
@@ -175,6 +175,7 @@ def lr_tradeoff(
                 "high": estimates[cell.key].high,
                 "lr_wd": product,
                 "tau_epochs": math.inf if product == 0 else 1.0 / (product * steps),
+                "steps_per_epoch": steps,
             }
         )
     frame = pd.DataFrame(rows)

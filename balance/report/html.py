@@ -21,6 +21,7 @@ from balance.config import FloatRange
 from balance.record import StudyRecord
 from balance.report import _data as data
 from balance.report import _sections as sections
+from balance.report._lr_section import lr_section
 from balance.runs import FinalEvaluation
 
 
@@ -104,6 +105,7 @@ def report_context(
     balance = sections.balance_section(record, runs, trials, noise)
     context.update(balance)
     context.update(sections.batch_size_section(balance["accuracy_grid"], lrs, config))
+    context.update(lr_section(record, noise))
     context.update(sections.test_section(record, noise))
     context.update(sections.importance_section(record))
     context.update(sections.trials_section(record, trials))
