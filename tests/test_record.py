@@ -192,6 +192,8 @@ def test_a_journal_of_an_older_layout_reads_back_to_its_summary(tmp_path: Path) 
     assert summary["indistinguishable"] is None and summary["noise"] is None
     assert summary["cells"] == [] and summary["axes"] == {}
     added = {"noise", "cells", "indistinguishable", "axes", "what_it_would_take", "test_difference"}
+    added |= {"lr_tradeoff", "batch_sizes", "batch_scaling"}  # the LR axis' analysis
+    assert summary["lr_tradeoff"] is None and summary["batch_sizes"] == []
     assert {k for k in summary if k not in committed} == added
     assert {summary["audit"].pop(k) for k in ("raced_trials", "race_rounds")} == {0}
     different = {
