@@ -230,6 +230,9 @@ class RangeTestConfig(_Strict):
     probes: int = Field(3, ge=0, le=15, description="1cycle runs around it; best validation wins")
     probe_step: float = Field(0.75, gt=0.0, le=2.0, description="decades between probe LRs")
     probe_refine: int = Field(1, ge=0, le=4, description="then rounds of 2, at half the last step")
+    noise_scale: bool = Field(
+        True, description="measure the gradient noise scale B_simple per batch size (an epoch each)"
+    )
     # Chosen on the development cases of benchmarks/lr_suite.py, reported on its
     # evaluation cases (README, "How the max LR is chosen").
     rule: SuggestionRule = Field("onset", description="suggestion used as max_lr")

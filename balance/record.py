@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from balance.cells import CellResult, best_cell, cell_key, cell_results, parse_cell_key
 from balance.config import SEARCHED, StudyConfig, base_setting
+from balance.gradient_noise import NoiseScale
 from balance.range_test import RangeTestResult
 from balance.runs import FinalEvaluation, RunDivergence, SeedRun, optional_float
 from balance.storage import trial_id
@@ -32,6 +33,7 @@ _SIGNATURE = "signature"  # what must match for a file to resume the study
 _CONFIG = "config"  # the study file's configuration when the study was created
 _RANGE_TESTS = "range_tests"  # stage 1: batch size -> RangeTestResult.to_dict()
 _MAX_LRS = "max_lr"  # stage 1: batch size -> max LR
+_NOISE_SCALES = "noise_scales"  # stage 1: batch size -> NoiseScale.to_dict()
 _FINAL = "final"  # the test evaluation of the chosen setting and the baseline
 
 # Trial attributes.
@@ -271,11 +273,14 @@ class StageOne:
     """What stage 1 fixed: the max LR per batch size and the range tests behind them.
 
     ``range_tests`` is empty where no range test ran (a ``train.max_lr`` in the file)
-    or holds one test that the other batch sizes were scaled from.
+    or holds one test that the other batch sizes were scaled from. ``noise_scales``
+    holds the gradient noise scale measured over the first epoch at each batch size's
+    max LR (empty for studies stored before balance measured it).
     """
 
     max_lrs: dict[int, float] = field(default_factory=dict)
     range_tests: dict[int, RangeTestResult] = field(default_factory=dict)
+    noise_scales: dict[int, NoiseScale] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -291,10 +296,14 @@ class StageOne:
     def from_attrs(cls, attrs: dict[str, Any]) -> StageOne:
         """Read stage 1 from a study's user attributes."""
         tests = attrs.get(_RANGE_TESTS, {})
+        scales = attrs.get(_NOISE_SCALES, {})
         return cls(
             max_lrs={int(size): float(lr) for size, lr in attrs.get(_MAX_LRS, {}).items()},
             range_tests={
                 int(size): RangeTestResult.from_dict(tests[size]) for size in sorted(tests, key=int)
+            },
+            noise_scales={
+                int(size): NoiseScale.from_dict(scales[size]) for size in sorted(scales, key=int)
             },
         )
 
@@ -303,6 +312,8 @@ def save_stage_one(study: optuna.Study, stage: StageOne) -> None:
     """Store stage 1's range tests and LRs (tests first: the LRs mark stage 1 as done)."""
     tests = {str(size): test.to_dict() for size, test in stage.range_tests.items()}
     study.set_user_attr(_RANGE_TESTS, tests)
+    scales = {str(size): scale.to_dict() for size, scale in stage.noise_scales.items()}
+    study.set_user_attr(_NOISE_SCALES, scales)
     study.set_user_attr(_MAX_LRS, {str(size): lr for size, lr in stage.max_lrs.items()})
 
 

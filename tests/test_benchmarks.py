@@ -23,6 +23,7 @@ SCRIPTS = {
     "end_to_end": {"wall_s", "not_training_share", "parts_s", "runs"},
     "postgres_load": {"balance_workers", "lost", "repeated", "server"},
     "racing": {"ratio", "rounds", "matched", "full_kept", "racing_kept", "dropped"},
+    "lr_axis": {"studies"},
 }
 
 

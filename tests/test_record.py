@@ -192,8 +192,9 @@ def test_a_journal_of_an_older_layout_reads_back_to_its_summary(tmp_path: Path) 
     assert summary["indistinguishable"] is None and summary["noise"] is None
     assert summary["cells"] == [] and summary["axes"] == {}
     added = {"noise", "cells", "indistinguishable", "axes", "what_it_would_take", "test_difference"}
-    added |= {"lr_tradeoff", "batch_sizes", "batch_scaling"}  # the LR axis' analysis
+    added |= {"lr_tradeoff", "batch_sizes", "batch_scaling", "noise_scale"}  # the LR axis
     assert summary["lr_tradeoff"] is None and summary["batch_sizes"] == []
+    assert summary["noise_scale"] == {}  # stage 1 measured no noise scale then
     assert {k for k in summary if k not in committed} == added
     assert {summary["audit"].pop(k) for k in ("raced_trials", "race_rounds")} == {0}
     different = {

@@ -151,5 +151,9 @@ def test_an_lr_multiplier_grid_trains_each_level_at_its_share_of_stage_ones_lr(
     # the chosen cell is retrained on test at its own LR, not at the range test's
     multiplier = result.summary["best"]["params"]["lr_multiplier"]
     assert result.summary["test"]["chosen"]["max_lr"] == pytest.approx(0.1 * multiplier)
+    # stage 1 measured the gradient noise scale at the study's one batch size
+    scale = result.summary["noise_scale"]["64"]
+    assert scale["batch_size"] == 64 and scale["steps"] >= 2
     page = result.report.read_text()
-    assert "batch size 64, LR x0.5" in page or "LR multiplier" in page
+    assert "The best weight decay at each LR level" in page and "B_simple" in page
+    assert "weight decays tied with it" in page  # the table of each level's best

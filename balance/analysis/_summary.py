@@ -84,6 +84,9 @@ def summarize(
         if noise is None
         else [result._asdict() for result in batch_size_study(record, noise)],
         "batch_scaling": batch_scaling(record),
+        "noise_scale": {
+            str(size): scale.to_dict() for size, scale in record.stage_one.noise_scales.items()
+        },
         "test": {} if record.final is None else record.final.to_attrs(),
         "audit": audit(frame, config),
         "wall_time_s": wall_time,

@@ -133,7 +133,7 @@ def _scaling_words(record: StudyRecord) -> list[str]:
 
 
 def _noise_scale_words(record: StudyRecord) -> list[str]:
-    scales = getattr(record.stage_one, "noise_scales", {})
+    scales = record.stage_one.noise_scales
     words = []
     for size, scale in sorted(scales.items()):
         if not math.isfinite(scale.b_simple):

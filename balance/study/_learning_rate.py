@@ -9,6 +9,7 @@ import optuna
 from balance import record
 from balance.config import StudyConfig
 from balance.data import Dataset
+from balance.gradient_noise import NoiseScale, measure_noise_scale
 from balance.range_test import RangeTestResult, fit_batch_scaling
 from balance.record import StageOne
 from balance.train import choose_max_lr
@@ -65,7 +66,8 @@ def scale_lr(lr: float, from_size: int, to_size: int, rule: str) -> float:
 def fix_max_lrs(
     study: optuna.Study, config: StudyConfig, data: Dataset, threads: int | None = None
 ) -> StageOne:
-    """Stage 1, once per study: run the range tests and store their curves and LRs.
+    """Stage 1, once per study: run the range tests, measure the gradient noise scale at
+    each batch size, and store the curves, the scales and the LRs.
 
     A study that already has them (a resumed one) returns the stored ones.
     """
@@ -73,6 +75,35 @@ def fix_max_lrs(
     if stored.done:
         return stored
     max_lrs, tests = fit_max_lrs(config, data, threads=threads)
-    stage = StageOne(max_lrs=max_lrs, range_tests=tests)
+    scales = measure_noise_scales(config, data, max_lrs, threads=threads)
+    stage = StageOne(max_lrs=max_lrs, range_tests=tests, noise_scales=scales)
     record.save_stage_one(study, stage)
     return stage
+
+
+def measure_noise_scales(
+    config: StudyConfig,
+    data: Dataset,
+    max_lrs: dict[int, float],
+    *,
+    threads: int | None = None,
+) -> dict[int, NoiseScale]:
+    """``B_simple`` per batch size over the first epoch of the run a trial trains there
+    (the base setting at that size's max LR); none when ``range_test.noise_scale`` is off.
+
+    A size whose first epoch diverges, or whose batch cannot be halved, has no entry.
+    """
+    if not config.range_test.noise_scale:
+        return {}
+    scales = {}
+    base = config.train.model_copy(
+        update={"threads": config.train.threads if threads is None else threads}
+    )
+    for size, lr in sorted(max_lrs.items()):
+        try:
+            scales[size] = measure_noise_scale(
+                base.model_copy(update={"batch_size": size, "max_lr": lr}), data, max_lr=lr
+            )
+        except ValueError:
+            continue  # the step diverged or the batch holds one example: nothing to measure
+    return scales
