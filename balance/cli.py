@@ -31,6 +31,7 @@ from balance.cli_flags import (
     build_models,
     config_options,
 )
+from balance.cli_summary import print_summary
 from balance.config import ConfigError, RangeTestConfig, TrainConfig, format_validation_error
 from balance.jsonable import write_json
 
@@ -366,46 +367,8 @@ def sweep_command(
             )
     except WorkerDied as error:
         _fail([f"error: {error}"], EXIT_WORKER_DIED)
-    _print_summary(result.summary)
+    print_summary(result.summary)
     typer.echo(f"wrote {result.out_dir}/trials.csv, summary.json and {result.report}")
-
-
-def _print_summary(summary: dict[str, Any]) -> None:
-    best = summary.get("best")
-    lrs = ", ".join(f"batch {size}: {lr:.4g}" for size, lr in summary["max_lr"].items())
-    typer.echo(f"max_lr: {lrs}")
-    typer.echo(f"trials: {summary['trials']}")
-    if best is None:
-        return
-    params = ", ".join(f"{name} {value}" for name, value in best["params"].items())
-    typer.echo(
-        f"best (trial {best['trial']}): {params}; val_accuracy "
-        f"{best['val_accuracy']:.4f} +- {best['val_accuracy_std']:.4f}"
-    )
-    interval = best.get("val_accuracy_interval")
-    if interval:
-        close = len(summary.get("indistinguishable") or []) - 1
-        detectable = [name for name, axis in summary.get("axes", {}).items() if axis["detectable"]]
-        typer.echo(
-            f"  {100 * interval['level']:.0f}% interval {interval['low']:.4f} .. "
-            f"{interval['high']:.4f}; {close} other cell(s) indistinguishable from it; "
-            f"detectable effects: {', '.join(detectable) or 'none'}"
-        )
-    for name in ("chosen", "baseline"):
-        test = summary["test"].get(name)
-        if test and test.get("test_accuracy") is not None:
-            typer.echo(
-                f"test_accuracy ({name}): {test['test_accuracy']:.4f} "
-                f"+- {test['test_accuracy_std']:.4f}"
-            )
-    difference = summary.get("test_difference")
-    if difference:
-        typer.echo(
-            f"chosen - baseline on test: {difference['difference']:+.4f} "
-            f"({100 * difference['level']:.0f}% interval {difference['low']:+.4f} .. "
-            f"{difference['high']:+.4f}; {'beyond' if difference['beyond_noise'] else 'within'} "
-            "noise)"
-        )
 
 
 @app.command("worker")
