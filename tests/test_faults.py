@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from study_files import (
     BALANCE,
     ROOT,
+    TRIALS_ONLY,
     cells_by_state,
     load,
     subprocess_env,
@@ -82,6 +83,7 @@ STOPPED = tiny_values(
     workers=2,
     # a fraction of a second a trial: the hold model, not the length, keeps cells queued
     train={"epochs": 3, "batch_size": 32, "model": "tests.plugins.hold_model:model"},
+    range_test=TRIALS_ONLY,
     search={"weight_decay": [0.0, 1e-4, 1e-3, 1e-2], "dropout": [0.0, 0.1, 0.2]},
 )
 CELLS = 12
@@ -166,7 +168,12 @@ def test_sigterm_and_ctrl_c_stop_the_sweep_keeping_its_trials_then_report_and_re
 def test_a_dead_local_worker_is_one_line_and_exit_3_and_a_rerun_finishes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    values = tiny_values("dying", workers=2, train={"model": "tests.plugins.crash_model:model"})
+    values = tiny_values(
+        "dying",
+        workers=2,
+        train={"model": "tests.plugins.crash_model:model"},
+        range_test=TRIALS_ONLY,
+    )
     study_file = write_study(tmp_path / "dying.toml", values)
     url = str(tmp_path / "dying" / "study.journal")
     command = [*BALANCE, "sweep", str(study_file), "--root", str(tmp_path), "-q"]
@@ -274,7 +281,9 @@ def test_unreachable_storage_is_one_line_and_exit_2_within_the_timeout(
 def test_a_worker_on_the_journal_stops_cleanly_and_its_cell_is_trained_on_resume(
     how: str, tmp_path: Path
 ) -> None:
-    values = tiny_values("joined", train={"model": "tests.plugins.hold_model:model"})
+    values = tiny_values(
+        "joined", train={"model": "tests.plugins.hold_model:model"}, range_test=TRIALS_ONLY
+    )
     study_file = write_study(tmp_path / "joined.toml", values)
     url = str(tmp_path / "joined" / "study.journal")
     config = build(StudyConfig, values)

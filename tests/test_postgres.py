@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from study_files import (
     BALANCE,
     ROOT,
+    TRIALS_ONLY,
     cells_by_state,
     load,
     record_of,
@@ -57,7 +58,7 @@ def test_three_workers_train_every_cell_once_as_one_worker_does(
     # 4 x 3 cells; weight decay 1e4 diverges at once, so 3 cells end as diverged failures.
     search = {"weight_decay": [0.0, 1e-4, 1e-3, 1e4], "dropout": [0.0, 0.2, 0.4]}
     model = "tests.plugins.rendezvous_model:model"  # an MLP; workers wait for each other
-    values = tiny_values("three", search=search, train={"model": model})
+    values = tiny_values("three", search=search, train={"model": model}, range_test=TRIALS_ONLY)
     study_file = write_study(tmp_path / "three.toml", values)
     three = build(StudyConfig, values)
     alone = build(StudyConfig, {**values, "name": "alone"})
@@ -102,6 +103,7 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried_by_the_others(
     values = tiny_values(
         "killed",
         train={"model": "tests.plugins.crash_model:model"},
+        range_test=TRIALS_ONLY,
         search={"weight_decay": [0.0, 1e-4, 1e-3], "dropout": [0.0, 0.2]},
     )
     study_file = write_study(tmp_path / "killed.toml", values)
@@ -169,7 +171,9 @@ def test_a_sweep_on_postgresql_stops_resumes_and_reports(postgres_url: str, tmp_
 
     from balance.cli import app
 
-    values = tiny_values("pg-resume", train={"model": "tests.plugins.hold_model:model"})
+    values = tiny_values(
+        "pg-resume", train={"model": "tests.plugins.hold_model:model"}, range_test=TRIALS_ONLY
+    )
     study_file = write_study(tmp_path / "pg-resume.toml", values)
     hold = tmp_path / "hold"
     hold.mkdir()

@@ -13,8 +13,8 @@ from typing import Any
 import optuna
 import pytest
 from optuna.trial import TrialState
+from study_files import TRIALS_ONLY, record_of, study_config, tiny_values
 from study_files import load_study as load
-from study_files import record_of, study_config, tiny_values
 
 from balance.analysis import audit, cell_runs, race_round, runs_frame, trials_frame
 from balance.cells import cell_key, cell_results, repeated_runs
@@ -142,6 +142,7 @@ def test_two_local_workers_share_one_study_without_duplicates(
         "two-workers",
         workers=2,
         train={"model": "tests.plugins.rendezvous_model:model"},
+        range_test=TRIALS_ONLY,
         search={"weight_decay": [0.0, 1e-4, 1e-3], "dropout": [0.0, 0.2]},
     )
     # each worker's first step waits for the other's: neither can empty the queue alone
@@ -179,7 +180,9 @@ def test_a_diverged_trial_is_logged_in_one_line_without_a_traceback(tmp_path: Pa
 
 
 def test_worker_killed_mid_trial_is_resumed_without_loss_or_repeats(tmp_path: Path) -> None:
-    config = tiny_study("killed", train={"model": "tests.plugins.crash_model:model"})
+    config = tiny_study(
+        "killed", train={"model": "tests.plugins.crash_model:model"}, range_test=TRIALS_ONLY
+    )
     config_file = tmp_path / "study.json"
     config_file.write_text(config.model_dump_json())
     env = {
