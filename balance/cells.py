@@ -113,8 +113,8 @@ def rank(loss: float, seeds: int, params: dict[str, Any]) -> tuple[float, ...]:
 
     ``loss`` is the cell's mean with the sign that makes lower better (minus the
     mean validation accuracy). Ties (equal means) go to the cell measured with more
-    seeds, then to the first in numeric order of weight decay, dropout and batch
-    size: the least regularized setting.
+    seeds, then to the first in numeric order of weight decay, dropout, batch size and
+    LR multiplier: the least regularized setting.
     """
     return (loss, -seeds, *(float(params[name]) for name in SEARCHED))
 

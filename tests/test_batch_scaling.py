@@ -18,8 +18,9 @@ def test_an_exact_power_law_is_recovered_with_its_constant() -> None:
     fit = fit_batch_scaling({size: 0.02 * size**0.7 for size in (32, 64, 128, 256)})
     assert fit is not None
     assert fit.k == pytest.approx(0.7) and fit.predict(512) == pytest.approx(0.02 * 512**0.7)
-    assert fit.low == pytest.approx(0.7) and fit.high == pytest.approx(0.7)  # no scatter
-    assert fit.to_dict()["rules"] == {"linear": False, "sqrt": False}
+    # points exactly on a line show no noise: no interval, rather than a zero-width one
+    assert math.isnan(fit.low) and math.isnan(fit.high)
+    assert fit.to_dict()["rules"] == {"linear": None, "sqrt": None}
 
 
 def test_two_batch_sizes_fix_a_line_but_give_no_interval() -> None:

@@ -236,3 +236,24 @@ def test_racing_rounds_run_on_postgresql_like_on_a_journal(
     # Weight decay 0.3 ruins a one-epoch run: that cell falls behind and never races.
     seeds = {cell.params["weight_decay"]: cell.seeds for cell in record.cells}
     assert seeds[0.3] == 2 and max(seeds.values()) == 4
+
+
+def test_an_lr_multiplier_grid_on_postgresql_with_two_workers(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    from balance.pipeline import sweep
+
+    values = tiny_values(
+        "pg-lr",
+        workers=2,
+        search={"weight_decay": [0.0, 1e-3], "dropout": [0.0], "lr_multiplier": [0.5, 1.0]},
+    )
+    config = build(StudyConfig, values)
+    result = sweep(config, storage=postgres_url, root=tmp_path)
+    record = record_of(load("pg-lr", postgres_url), config)
+    complete = [t for t in record.trials if t.state == "complete"]
+    assert len(complete) == 4 and result.summary["audit"]["duplicated"] == []
+    for trial in complete:
+        assert trial.max_lr == pytest.approx(0.1 * trial.params["lr_multiplier"])
+    levels = result.summary["lr_tradeoff"]["best_weight_decay"]
+    assert [level["lr_multiplier"] for level in levels] == [0.5, 1.0]

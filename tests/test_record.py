@@ -257,3 +257,30 @@ def test_test_runs_keep_their_per_example_correctness_through_the_stored_form() 
     old = {"seed": 0, "test_accuracy": 0.9, "steps": [7], "test_curve": [0.9], "diverged": False}
     (read,) = EvaluationSide.from_attrs({"runs": [old]}).runs  # stored before the field
     assert read.correct() is None and read.test_correct is None
+
+
+def test_a_study_stored_before_the_lr_axis_resumes_and_keeps_its_test_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The committed example was stored before ``lr_multiplier`` existed: its signature and
+    its test result name three axes. Resuming it must neither refuse the file nor retrain
+    the test runs, and its report must not say the best cell moved."""
+    from balance.data import load_dataset
+    from balance.storage import storage_url
+    from balance.study import _evaluation, create_or_resume, evaluate_on_test
+
+    example = ROOT / "reports" / "example" / "mnist1d-cnn"
+    (tmp_path / "mnist1d-cnn").mkdir()
+    shutil.copy(example / "study.journal", tmp_path / "mnist1d-cnn" / "study.journal")
+    config = load_study_file(ROOT / "studies" / "mnist1d-cnn.toml")
+    study = create_or_resume(config, storage_url(config, None, tmp_path))  # not refused
+
+    def retrain(*_: Any) -> None:
+        raise AssertionError("the stored test result was trained again")
+
+    monkeypatch.setattr(_evaluation, "_test_run", retrain)
+    # any data set will do: a stored result that still holds is returned before training
+    final = evaluate_on_test(study, config, load_dataset("digits"))
+    assert "lr_multiplier" not in final.params  # the stored result, as it was stored
+    words = sections.test_section(load_study_record(config, root=tmp_path))["test_words"]
+    assert words and not any("the best cell is now trial" in line for line in words)

@@ -80,7 +80,7 @@ def setting_words(params: dict[str, Any]) -> str:
     )
     multiplier = float(params.get("lr_multiplier", 1.0))
     if multiplier != 1.0:
-        words += f", LR {multiplier:.3g} x the range test's"
+        words += f", LR {multiplier:.3g} x stage 1's max LR"
     return words
 
 

@@ -29,7 +29,9 @@ class BatchScaling:
     ``low`` and ``high`` bound ``k`` at :data:`LEVEL` (Student t with ``n - 2``
     degrees of freedom, the scatter of the points about the line as their noise:
     with three batch sizes one degree of freedom, so the interval is wide). They are
-    NaN with two batch sizes, which fix a line exactly and say nothing of its noise.
+    NaN with two batch sizes, which fix a line exactly and say nothing of its noise,
+    and NaN when the points lie exactly on a line (no scatter to read a noise from: a
+    zero-width interval would claim a certainty the range tests do not have).
     """
 
     k: float
@@ -83,7 +85,9 @@ def fit_batch_scaling(max_lrs: Mapping[int, float], level: float = LEVEL) -> Bat
         from scipy.stats import t
 
         residuals = y - (intercept + k * x)
-        standard_error = math.sqrt(float(residuals @ residuals) / dof / float(centred @ centred))
-        half = float(t.ppf(0.5 + level / 2, dof)) * standard_error
-        low, high = k - half, k + half
+        scatter = float(residuals @ residuals)
+        if scatter > 1e-12 * float(y @ y):
+            standard_error = math.sqrt(scatter / dof / float(centred @ centred))
+            half = float(t.ppf(0.5 + level / 2, dof)) * standard_error
+            low, high = k - half, k + half
     return BatchScaling(k, low, high, intercept, tuple(sizes), tuple(lrs), level)

@@ -136,8 +136,11 @@ def _noise_scale_words(record: StudyRecord) -> list[str]:
     scales = record.stage_one.noise_scales
     words = []
     for size, scale in sorted(scales.items()):
-        if not math.isfinite(scale.b_simple):
-            words.append(f"Batch size {size}: the noise scale could not be resolved.")
+        if not math.isfinite(scale.b_simple) or scale.b_simple <= 0:
+            words.append(
+                f"Batch size {size}: the noise scale could not be resolved over its first "
+                f"epoch (|G|^2 or tr(Sigma) not above zero over {scale.steps} steps)."
+            )
             continue
         side = (
             "above"

@@ -23,7 +23,7 @@ from balance.analysis import (
     param_importances,
     regularizer_effects,
 )
-from balance.config import FloatRange, StudyConfig
+from balance.config import FloatRange, StudyConfig, base_setting
 from balance.range_test import SUGGESTION_RULES
 from balance.record import StudyRecord
 from balance.report import _data as data
@@ -98,6 +98,11 @@ def schedule_section(
             + ", ".join(map(str, waiting))
             + ": no run of that size has finished, so its step count is not known."
         )
+    if config.search.lr_multiplier is not None and lrs:
+        notes.append(
+            "Drawn at stage 1's max LR (LR multiplier 1); a trial at multiplier m follows "
+            "the same curve with every LR times m (momentum unchanged)."
+        )
     figure = None
     if traces:
         figure = _picture(
@@ -169,9 +174,13 @@ def balance_section(
             for name, axis in config.search.axes().items()
             if isinstance(axis, FloatRange)
         }
+        # a searched LR multiplier gets a panel per bin (a list axis: per value)
+        placed = trials.assign(
+            lr_multiplier=bin_ranges(trials, config, bins=BAYES_BINS)["lr_multiplier"]
+        )
         for metric in METRICS:
             figure = heatmaps.plot_balance_scatter(
-                trials, metric, log_weight_decay=log, best_number=best, limits=limits
+                placed, metric, log_weight_decay=log, best_number=best, limits=limits
             )
             figures.append(
                 (
@@ -235,10 +244,14 @@ def batch_size_section(
             heatmaps.plot_batch_sizes(table, grid),
             "best validation accuracy and max LR per batch size",
         )
-    formats = {"max_lr": _lr, "min_lr": _lr, "weight decay": _g, "dropout": _g}
+    formats = {"stage 1's max_lr": _lr, "stage 1's min_lr": _lr, "weight decay": _g}
+    formats |= {"dropout": _g, "its LR multiplier": _g}
     shown = table.reset_index().rename(
         columns={
             "batch_size": "batch size",
+            "lr_multiplier": "its LR multiplier",
+            "max_lr": "stage 1's max_lr",
+            "min_lr": "stage 1's min_lr",
             "best_mean": "best cell's val accuracy",
             "best_std": "its seed std",
             "weight_decay": "weight decay",
@@ -291,7 +304,7 @@ def test_section(record: StudyRecord, noise: NoiseAnalysis | None = None) -> dic
     if noise is not None and noise.test is not None:
         words.append(data.test_difference_words(noise.test))
     best = record.best
-    if best is not None and best.params != final.params:
+    if best is not None and best.params != {**base_setting(config.train), **final.params}:
         words.append(
             f"These runs are of trial #{final.trial}; the best cell is now trial "
             f"#{best.trials[0]}'s (the study went on after the test evaluation)."

@@ -205,7 +205,8 @@ def plot_balance_scatter(
     best_number: int | None = None,
     limits: Mapping[str, tuple[float, float]] | None = None,
 ) -> Figure:
-    """Trials on weight decay (x) x dropout (y), coloured by ``metric``, one panel per batch size.
+    """Trials on weight decay (x) x dropout (y), coloured by ``metric``, one panel per batch size
+    and LR multiplier (a range axis' bins: bin ``trials["lr_multiplier"]`` first).
 
     For Bayesian studies, whose settings are not a grid. ``trials`` is a
     :func:`balance.analysis.trials_frame`. Completed trials are coloured (mean over
@@ -217,15 +218,21 @@ def plot_balance_scatter(
     from matplotlib.colors import Normalize
 
     placed = trials[~trials["surplus"] & (trials["cell"] != "")]
-    sizes = sorted(placed["batch_size"].unique()) or [None]
-    figure, axes = facets(len(sizes), 4.8, 3.9, columns=3, sharex=True, sharey=True)
+    pairs = zip(placed["batch_size"], placed["lr_multiplier"], strict=True)
+    panels: list[tuple[Any, Any]] = sorted({(int(b), float(m)) for b, m in pairs}) or [(None, None)]
+    several_lrs = len({multiplier for _, multiplier in panels}) > 1
+    figure, axes = facets(len(panels), 4.8, 3.9, columns=3, sharex=True, sharey=True)
     complete = placed[placed["state"] == "complete"]
     vmin, vmax = _limits(complete[metric], metric)
     norm = Normalize(vmin, vmax)
     cmap = METRIC_CMAPS[metric]
     positive = placed.loc[placed["weight_decay"] > 0, "weight_decay"]
-    for ax, size in zip(axes, sizes, strict=True):
-        here = placed[placed["batch_size"] == size] if size is not None else placed
+    for ax, (size, multiplier) in zip(axes, panels, strict=True):
+        here = (
+            placed[(placed["batch_size"] == size) & (placed["lr_multiplier"] == multiplier)]
+            if size is not None
+            else placed
+        )
         done = here[here["state"] == "complete"]
         diverged = here[here["fail_reason"] == "diverged"]
         pruned = here[here["state"] == "pruned"]
@@ -285,7 +292,10 @@ def plot_balance_scatter(
                 set_limits((low / pad, high * pad) if log and low > 0 else (low - pad, high + pad))
         ax.set_xlabel("weight decay")
         ax.set_ylabel("dropout")
-        ax.set_title(f"batch size {size}" if size is not None else "no trial placed yet")
+        title = f"batch size {size}" if size is not None else "no trial placed yet"
+        if several_lrs:
+            title += f", LR x{multiplier:.2g}"
+        ax.set_title(title)
         if here.empty or (done.empty and diverged.empty and pruned.empty):
             ax.text(
                 0.5,

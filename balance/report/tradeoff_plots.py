@@ -77,7 +77,8 @@ def plot_lr_weight_decay(cells: pd.DataFrame, *, steps_per_epoch: dict[int, floa
     scale = ScalarMappable(norm=norm, cmap="viridis")
     decays = sorted(best["weight_decay"].unique())
     positive = [wd for wd in decays if wd > 0]
-    width = float(np.median(np.diff(np.log10(positive)))) if len(positive) > 1 else 1.0
+    # the closest two weight decays set the squares' width, so no two overlap
+    width = float(np.min(np.diff(np.log10(positive)))) if len(positive) > 1 else 1.0
     for index, size in enumerate(sizes):
         raw, product = axes[2 * index], axes[2 * index + 1]
         here = best[best["batch_size"] == size]
@@ -114,7 +115,11 @@ def plot_lr_weight_decay(cells: pd.DataFrame, *, steps_per_epoch: dict[int, floa
             zero = float(finite.min()) - 2 * width
             product.set_xlim(zero - width, float(finite.max()) + width)
             ticks = np.arange(math.ceil(finite.min() - width / 2), math.floor(finite.max()) + 1)
-            product.set_xticks([zero + width / 2, *ticks], ["0", *[f"1e{t:.0f}" for t in ticks]])
+            product.set_xticks(
+                [zero + width / 2, *ticks], ["0\n(tau \u221e)", *[f"1e{t:.0f}" for t in ticks]]
+            )
+            # weight decay 0 has no product: its column stands apart, under no tau
+            product.axvline(zero + 1.25 * width, color="#777777", linewidth=0.8, linestyle=":")
             per_epoch = steps_per_epoch.get(int(size), math.nan)
             if math.isfinite(per_epoch) and per_epoch > 0:
                 shift = math.log10(per_epoch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -107,10 +108,18 @@ def create_or_resume(config: StudyConfig, url: str) -> optuna.Study:
     stored = record.stored_signature(study)
     if stored is None:
         record.save_signature(study, config, signature)
-    elif stored != signature:
+    elif _searched_only(stored) != _searched_only(signature):
+        stored, signature = _searched_only(stored), _searched_only(signature)
         changed = sorted(key for key in signature if stored.get(key) != signature[key])
         raise ConfigError(
             f"study: {config.name!r} in this storage was made with a different "
             f"{', '.join(changed)}; use a new study name or the original file"
         )
     return study
+
+
+def _searched_only(signature: dict[str, Any]) -> dict[str, Any]:
+    """The signature with unsearched axes left out of ``search``: a study stored before an
+    axis existed (``lr_multiplier``) has no key for it, and means the same space."""
+    search = {name: axis for name, axis in signature.get("search", {}).items() if axis is not None}
+    return {**signature, "search": search}
