@@ -44,6 +44,22 @@ def test_each_lr_level_gets_its_own_heatmap_panel() -> None:
     assert marked["batch size 100, LR x0.5"] == []
 
 
+def test_without_dropout_the_lr_multiplier_runs_across_one_panel_per_batch_size() -> None:
+    keys = list(itertools.product([100, 200], MULTIPLIERS, DECAYS, [0.0]))
+    grid = pd.DataFrame(
+        {"mean": 0.9, "std": 0.01, "seeds": 2, "trials": 1, "diverged": 0, "status": "done"},
+        index=pd.MultiIndex.from_tuples(keys, names=GRID_INDEX),
+    )
+    chosen = (200, 2.0, 1e-4, 0.0)
+    figure = plot_balance(grid, "val_accuracy", chosen=chosen)
+    panels = [ax for ax in figure.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["batch size 100", "batch size 200"]
+    assert panels[0].get_xlabel().startswith("LR multiplier")
+    assert [t.get_text() for t in panels[0].get_xticklabels()] == ["0.5", "1", "2"]
+    (outline,) = [p for p in panels[1].patches if p.get_gid() == "chosen"]
+    assert outline.get_xy() == (2, 1)  # LR x2 is the third column, 1e-4 the second row
+
+
 def tradeoff_cells() -> pd.DataFrame:
     rows = []
     for multiplier, wd in itertools.product(MULTIPLIERS, DECAYS):

@@ -53,6 +53,23 @@ def _limits(values: Any, metric: str) -> tuple[float, float]:
     return low, high
 
 
+def balance_layout(grid: pd.DataFrame) -> tuple[str, list[str]]:
+    """The heatmaps' column axis and the axes that split them into panels.
+
+    Dropout runs across each panel; a study that sweeps the LR multiplier but not
+    dropout puts the LR multiplier across instead (one panel per batch size, LR x
+    weight decay inside); otherwise each (batch size, LR multiplier) is a panel.
+    """
+    counts = {name: grid.index.get_level_values(name).nunique() for name in grid.index.names}
+    column = (
+        "lr_multiplier" if counts["dropout"] == 1 and counts["lr_multiplier"] > 1 else "dropout"
+    )
+    return column, [name for name in ("batch_size", "lr_multiplier", "dropout") if name != column]
+
+
+COLUMN_LABELS = {"dropout": "dropout", "lr_multiplier": "LR multiplier (x stage 1's max LR)"}
+
+
 def plot_balance(
     grid: pd.DataFrame,
     metric: str,
@@ -60,41 +77,46 @@ def plot_balance(
     chosen: tuple[Any, ...] | None = None,
     indistinguishable: Collection[tuple[Any, ...]] = (),
 ) -> Figure:
-    """Seaborn heatmaps of weight decay (rows, growing upwards) x dropout, one per batch size
-    and LR multiplier.
+    """Seaborn heatmaps of weight decay (rows, growing upwards) x dropout (or LR multiplier,
+    :func:`balance_layout`), one panel per batch size (and LR multiplier).
 
     ``grid`` is a :func:`balance.analysis.balance_grid`. All facets share one colour
     scale; each measured cell reads ``mean ± std`` over seeds; a cell with no
     measurement is hatched and says why (``diverged``, ``running``, ``queued``,
     ``pruned``, ``failed``, or ``—`` for no trial). Axes are in numeric order. The
     ``chosen`` cell (a grid key: ``batch_size, lr_multiplier, weight_decay, dropout``)
-    is outlined in black;
-    the ``indistinguishable`` cells (validation accuracy within noise of the chosen
-    one) get a dashed outline.
+    is outlined in black; the ``indistinguishable`` cells (validation accuracy within
+    noise of the chosen one) get a dashed outline.
     """
     import seaborn as sns
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.patches import Rectangle
 
-    panels = sorted({(key[0], key[1]) for key in grid.index})
-    if not panels:
+    if not len(grid):
         raise ValueError("grid has no cells to draw")
-    several_lrs = len({multiplier for _, multiplier in panels}) > 1
+    names = list(grid.index.names)
+    column, panel_names = balance_layout(grid)
+    panels = sorted({tuple(key[names.index(n)] for n in panel_names) for key in grid.index})
+    several = {n: grid.index.get_level_values(n).nunique() > 1 for n in panel_names}
     weight_decays = sorted(grid.index.get_level_values("weight_decay").unique())
-    dropouts = sorted(grid.index.get_level_values("dropout").unique())
-    width = max(3.8, 0.95 * len(dropouts) + 1.6)
+    columns = sorted(grid.index.get_level_values(column).unique())
+    width = max(3.8, 0.95 * len(columns) + 1.6)
     height = max(2.8, 0.62 * len(weight_decays) + 1.5)
     figure, axes = facets(len(panels), width, height, columns=3)
     vmin, vmax = _limits(grid["mean"], metric)
     cmap = METRIC_CMAPS[metric]
+
+    def place(key: tuple[Any, ...]) -> tuple[tuple[Any, ...], tuple[Any, Any]]:
+        setting = dict(zip(names, key, strict=True))
+        return tuple(setting[n] for n in panel_names), (setting["weight_decay"], setting[column])
+
     for ax, panel in zip(axes, panels, strict=True):
-        size, multiplier = panel
-        cells = grid.xs(panel, level=["batch_size", "lr_multiplier"])
+        cells = grid.xs(panel, level=panel_names).reorder_levels(["weight_decay", column])
         table = cells.reset_index()
-        means = table.pivot(index="weight_decay", columns="dropout", values="mean")
-        means = means.reindex(index=weight_decays, columns=dropouts).astype(float)
-        annot = [[_annotation(cells, wd, dropout) for dropout in dropouts] for wd in weight_decays]
+        means = table.pivot(index="weight_decay", columns=column, values="mean")
+        means = means.reindex(index=weight_decays, columns=columns).astype(float)
+        annot = [[_annotation(cells, wd, value) for value in columns] for wd in weight_decays]
         sns.heatmap(
             means,
             ax=ax,
@@ -107,25 +129,29 @@ def plot_balance(
             linewidths=1,
             linecolor="white",
             annot_kws={"fontsize": 8},
-            xticklabels=[format_value(v) for v in dropouts],
+            xticklabels=[format_value(v) for v in columns],
             yticklabels=[format_value(v) for v in weight_decays],
         )
         ax.invert_yaxis()  # numeric order upwards: the smallest weight decay at the bottom
         ax.tick_params(axis="y", rotation=0)
-        ax.set_xlabel("dropout")
+        ax.set_xlabel(COLUMN_LABELS[column])
         ax.set_ylabel("weight decay")
-        ax.set_title(
-            f"batch size {size}" + (f", LR x{format_value(multiplier)}" if several_lrs else "")
-        )
+        setting = dict(zip(panel_names, panel, strict=True))
+        title = f"batch size {setting['batch_size']}"
+        if several.get("lr_multiplier"):
+            title += f", LR x{format_value(setting['lr_multiplier'])}"
+        if several.get("dropout"):
+            title += f", dropout {format_value(setting['dropout'])}"
+        ax.set_title(title)
         for row, wd in enumerate(weight_decays):
-            for column, dropout in enumerate(dropouts):
-                key = (wd, dropout)
+            for index, value in enumerate(columns):
+                key = (wd, value)
                 status = cells.loc[key, "status"] if key in cells.index else "missing"
                 if key in cells.index and cells.loc[key, "seeds"] > 0:
                     continue
                 ax.add_patch(
                     Rectangle(
-                        (column, row),
+                        (index, row),
                         1,
                         1,
                         facecolor="#eeeeee",
@@ -136,7 +162,7 @@ def plot_balance(
                     )
                 )
                 ax.text(
-                    column + 0.5,
+                    index + 0.5,
                     row + 0.5,
                     EMPTY_CELL_LABELS[status],
                     ha="center",
@@ -153,12 +179,12 @@ def plot_balance(
                     },
                 )
         for outlined in indistinguishable:
-            if tuple(outlined[:2]) != panel or tuple(outlined) == chosen:
+            where, (wd, value) = place(tuple(outlined))
+            if where != panel or tuple(outlined) == chosen:
                 continue
-            wd, dropout = outlined[2], outlined[3]
             ax.add_patch(
                 Rectangle(
-                    (dropouts.index(dropout) + 0.06, weight_decays.index(wd) + 0.06),
+                    (columns.index(value) + 0.06, weight_decays.index(wd) + 0.06),
                     0.88,
                     0.88,
                     fill=False,
@@ -169,11 +195,11 @@ def plot_balance(
                     gid="indistinguishable",
                 )
             )
-        if chosen is not None and tuple(chosen[:2]) == panel:
-            row, column = weight_decays.index(chosen[2]), dropouts.index(chosen[3])
+        if chosen is not None and place(tuple(chosen))[0] == panel:
+            wd, value = place(tuple(chosen))[1]
             ax.add_patch(
                 Rectangle(
-                    (column, row),
+                    (columns.index(value), weight_decays.index(wd)),
                     1,
                     1,
                     fill=False,
@@ -189,8 +215,8 @@ def plot_balance(
     return figure
 
 
-def _annotation(cells: pd.DataFrame, weight_decay: float, dropout: float) -> str:
-    key = (weight_decay, dropout)
+def _annotation(cells: pd.DataFrame, weight_decay: float, value: float) -> str:
+    key = (weight_decay, value)
     if key not in cells.index or cells.loc[key, "seeds"] == 0:
         return ""
     row = cells.loc[key]
