@@ -26,6 +26,7 @@ from balance.report import build_report
 from balance.storage import open_existing, open_storage, storage_url
 from balance.study import (
     ProgressCallback,
+    check_signature,
     create_or_resume,
     enqueue_missing_cells,
     evaluate_on_test,
@@ -110,10 +111,12 @@ def load_study_record(
     """Read the study a file names from its storage (the default journal under ``root``).
 
     Raises:
-        ConfigError: no such journal file, or no study of that name in the storage.
+        ConfigError: no such journal file, no study of that name in the storage, or a
+            study made with another space or base run than the file says.
     """
     url = storage_url(config, storage, root)
     study, _ = open_existing(config.name, url)
+    check_signature(study, config)
     return load_record(study, config, storage=url)
 
 

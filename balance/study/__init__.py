@@ -12,7 +12,7 @@ from balance.study._queue import (
 )
 from balance.study._racing import queue_race_round, race
 from balance.study._stopping import request_stop, stop_allowed, stop_deferred
-from balance.study._study import create_or_resume, make_pruner, make_sampler
+from balance.study._study import check_signature, create_or_resume, make_pruner, make_sampler
 from balance.study._workers import (
     ProgressCallback,
     WorkerDied,
@@ -29,6 +29,7 @@ __all__ = [
     "ProgressCallback",
     "TrainingDiverged",
     "WorkerDied",
+    "check_signature",
     "chosen_setting",
     "create_or_resume",
     "enqueue_missing_cells",

@@ -104,18 +104,31 @@ def create_or_resume(config: StudyConfig, url: str) -> optuna.Study:
             sampler=make_sampler(config),
             pruner=make_pruner(config),
         )
-    signature = json.loads(json.dumps(config.space_signature()))
+    if record.stored_signature(study) is None:
+        signature = json.loads(json.dumps(config.space_signature()))
+        record.save_signature(study, config, signature)
+    check_signature(study, config)
+    return study
+
+
+def check_signature(study: optuna.Study, config: StudyConfig) -> None:
+    """Refuse a study file whose space or base run differs from the one the study was made
+    with (a study stored without a signature passes: there is nothing to compare).
+
+    Raises:
+        ConfigError: naming the parts that differ.
+    """
     stored = record.stored_signature(study)
     if stored is None:
-        record.save_signature(study, config, signature)
-    elif _searched_only(stored) != _searched_only(signature):
-        stored, signature = _searched_only(stored), _searched_only(signature)
+        return
+    signature = _searched_only(json.loads(json.dumps(config.space_signature())))
+    stored = _searched_only(stored)
+    if stored != signature:
         changed = sorted(key for key in signature if stored.get(key) != signature[key])
         raise ConfigError(
             f"study: {config.name!r} in this storage was made with a different "
             f"{', '.join(changed)}; use a new study name or the original file"
         )
-    return study
 
 
 def _searched_only(signature: dict[str, Any]) -> dict[str, Any]:
