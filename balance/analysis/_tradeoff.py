@@ -212,14 +212,17 @@ def tradeoff_sentence(tradeoff: LrTradeoff) -> str:
         "rises": "rises as the LR grows, against Smith's balance",
         "stays": "shows no detectable move as the LR grows",
     }[trend.direction]
-    per_level = "; ".join(
-        f"batch {lvl.batch_size}, LR x{lvl.lr_multiplier:g}: {lvl.weight_decay:g}"
-        + (f" (tied: {', '.join(f'{wd:g}' for wd in lvl.tied)})" if len(lvl.tied) > 1 else "")
-        for lvl in tradeoff.levels
+    sizes = sorted({lvl.batch_size for lvl in tradeoff.levels})
+    multipliers = sorted({lvl.lr_multiplier for lvl in tradeoff.levels})
+    series = "; ".join(
+        f"batch {size}: "
+        + ", ".join(f"{lvl.weight_decay:g}" for lvl in tradeoff.levels if lvl.batch_size == size)
+        for size in sizes
     )
     return (
         f"The best weight decay {moved}: {trend.slope:+.2f} {TREND_UNIT} ({level} interval "
-        f"{trend.low:+.2f} to {trend.high:+.2f}). Best weight decay per level: {per_level}."
+        f"{trend.low:+.2f} to {trend.high:+.2f}). Best weight decay at LR "
+        f"{', '.join(f'x{m:g}' for m in multipliers)}: {series} (ties in the table below)."
     )
 
 

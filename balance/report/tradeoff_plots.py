@@ -42,7 +42,7 @@ def plot_best_weight_decay(levels: Sequence[LevelBest], weight_decays: Sequence[
     ax.set_xticks([math.log2(m) for m in multipliers], [f"x{format_value(m)}" for m in multipliers])
     ax.set_yticks(range(len(decays)), [format_value(wd) for wd in decays])
     ax.set_ylim(-0.5, len(decays) - 0.5)
-    ax.set_xlabel("LR multiplier (of the range test's max LR, log scale)")
+    ax.set_xlabel("LR multiplier (of stage 1's max LR, log scale)")
     ax.set_ylabel("best weight decay")
     ax.set_title("best weight decay per LR level (bar: weight decays tied with it)")
     ax.grid(alpha=0.3)
