@@ -18,7 +18,7 @@ from study_files import load_study as load
 
 from balance.analysis import audit, cell_runs, race_round, runs_frame, trials_frame
 from balance.cells import cell_key, cell_results, repeated_runs
-from balance.config import ConfigError, StudyConfig
+from balance.config import ConfigError, StudyConfig, base_setting
 from balance.pipeline import preflight, sweep
 from balance.study import _learning_rate as learning_rate_module
 from balance.study import evaluate_on_test, queue_race_round
@@ -258,7 +258,7 @@ def test_a_cell_proposed_again_trains_new_seeds_and_repeats_count_once(tmp_path:
     first, second, third = record.trials
     repeated = [first, replace(second, runs=first.runs), third]
     assert repeated_runs(repeated) == {(1, 0), (1, 1)}
-    (cell,) = cell_results(repeated, config.train.model_dump())
+    (cell,) = cell_results(repeated, base_setting(config.train))
     assert cell.seeds == 4 and cell.trials == (0, 2)
     runs = runs_frame(replace(record, trials=tuple(repeated)))
     assert runs["counted"].tolist() == [True, True, False, False, True, True]
