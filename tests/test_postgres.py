@@ -238,14 +238,13 @@ def test_racing_rounds_run_on_postgresql_like_on_a_journal(
     assert seeds[0.3] == 2 and max(seeds.values()) == 4
 
 
-def test_an_lr_multiplier_grid_on_postgresql_with_two_workers(
+def test_an_lr_multiplier_grid_on_postgresql(
     postgres_url: str, tmp_path: Path
 ) -> None:
     from balance.pipeline import sweep
 
     values = tiny_values(
         "pg-lr",
-        workers=2,
         search={"weight_decay": [0.0, 1e-3], "dropout": [0.0], "lr_multiplier": [0.5, 1.0]},
     )
     config = build(StudyConfig, values)
