@@ -238,9 +238,7 @@ def test_racing_rounds_run_on_postgresql_like_on_a_journal(
     assert seeds[0.3] == 2 and max(seeds.values()) == 4
 
 
-def test_an_lr_multiplier_grid_on_postgresql(
-    postgres_url: str, tmp_path: Path
-) -> None:
+def test_an_lr_multiplier_grid_on_postgresql(postgres_url: str, tmp_path: Path) -> None:
     from balance.pipeline import sweep
 
     values = tiny_values(
