@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import pickle
 import random
 import struct
 import tempfile
@@ -23,6 +22,7 @@ from torch import Tensor
 
 from balance.config import ConfigError
 from balance.plugins import import_object
+from balance.safe_pickle import ForbiddenGlobal, load_batch
 
 MNIST1D_CACHE_VERSION = 1
 
@@ -96,7 +96,7 @@ def _mnist1d_arrays(samples: int = 5000) -> dict[str, np.ndarray]:
     suffix = "" if samples == 5000 else f"-{samples}"
     path = cache_dir() / f"mnist1d-v{MNIST1D_CACHE_VERSION}{suffix}.npz"
     if path.exists():
-        with np.load(path) as stored:
+        with np.load(path, allow_pickle=False) as stored:
             return {key: stored[key] for key in stored.files}
     from mnist1d.data import get_dataset_args, make_dataset
 
@@ -214,11 +214,17 @@ def _load_idx_set(folder: Path | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
-        with path.open("rb") as handle:
-            batch = pickle.load(handle, encoding="bytes")
+        batch = load_batch(path)
+    except ForbiddenGlobal as error:
+        raise ConfigError(
+            f"data_path: {path} is not a CIFAR-10 python batch: {error}; nothing in it was run"
+        ) from None
+    except Exception as error:  # a malformed pickle can raise almost anything
+        raise ConfigError(f"data_path: {path} is not a CIFAR-10 python batch ({error!r})") from None
+    try:
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except Exception as error:  # a malformed pickle can raise almost anything
+    except Exception as error:  # not a dict, keys missing, the wrong shape or type
         raise ConfigError(f"data_path: {path} is not a CIFAR-10 python batch ({error!r})") from None
     if len(data) != len(labels):
         raise ConfigError(f"data_path: {path} has {len(data)} images but {len(labels)} labels")

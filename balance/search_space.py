@@ -38,9 +38,15 @@ AXIS_TAGS = ("values", "range")
 
 
 class StrictModel(BaseModel):
-    """A pydantic model that refuses unknown fields (a typo is an error, never ignored)."""
+    """A pydantic model that refuses unknown fields and non-finite floats (nan, inf).
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    A typo is an error, never ignored; an infinite weight decay or LR would pass the
+    bounds of a field and then fail every trial.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
+    )
 
 
 def _axis_kind(value: Any) -> str:

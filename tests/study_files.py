@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -81,6 +82,8 @@ def toml_text(values: dict[str, Any]) -> str:
             return "{ " + ", ".join(f"{k} = {value(v)}" for k, v in item.items()) + " }"
         if isinstance(item, list):
             return "[" + ", ".join(value(v) for v in item) + "]"
+        if isinstance(item, float) and not math.isfinite(item):
+            return str(item)  # TOML's own inf, -inf and nan
         return json.dumps(item)  # strings, numbers and booleans read the same in TOML
 
     # TOML has no null: a None is left out, which means the same (the field's default).

@@ -7,6 +7,9 @@ the same ``--root``: a bad file must leave that study byte for byte as it was.
 
 from __future__ import annotations
 
+import math
+import os
+import pickle
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +47,27 @@ def fashion_mnist(make_folder: bool) -> Callable[[Path], str]:
         return toml_text(tiny_values(NAME, train=train))
 
     return write
+
+
+class RunsACommand:
+    """Pickles as a call of ``os.system``: what a crafted CIFAR-10 batch would hold."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[Callable[[str], int], tuple[str]]:
+        return os.system, (self.command,)
+
+
+def crafted_cifar(folder: Path) -> str:
+    """A CIFAR-10 folder whose first batch runs ``touch ran`` when unpickled."""
+    data = folder / "cifar"
+    data.mkdir()
+    crafted = {b"data": RunsACommand(f"touch {folder / 'ran'}"), b"labels": [0]}
+    (data / "data_batch_1").write_bytes(pickle.dumps(crafted, protocol=2))
+    (data / "test_batch").write_bytes((data / "data_batch_1").read_bytes())
+    train = {"data": "cifar10", "data_path": str(data), "model": "convnet"}
+    return toml_text(tiny_values(NAME, train=train))
 
 
 CASES = [
@@ -92,6 +116,31 @@ CASES = [
         "negative weight decay",
         study(search={"weight_decay": [-0.0001, 0.0]}),
         "error: search.weight_decay[0]: Input should be greater than or equal to 0 (got -0.0001)",
+    ),
+    BadInput(
+        "infinite weight decay",
+        study(search={"weight_decay": [math.inf, 0.0]}),
+        "error: search.weight_decay[0]: Input should be a finite number (got inf)",
+    ),
+    BadInput(
+        "nan in a range bound",
+        study(sampler="tpe", n_trials=4, search={"weight_decay": {"low": 0.0, "high": math.nan}}),
+        "error: search.weight_decay.high: Input should be a finite number (got nan)",
+    ),
+    BadInput(
+        "infinite max LR",
+        study(train={"max_lr": math.inf}),
+        "error: train.max_lr: Input should be a finite number (got inf)",
+    ),
+    BadInput(
+        "infinite LR factor",
+        study(search={"lr_multiplier": [1.0, math.inf]}),
+        "error: search.lr_multiplier[1]: Input should be a finite number (got inf)",
+    ),
+    BadInput(
+        "infinite range-test end LR",
+        study(range_test={"end_lr": math.inf}),
+        "error: range_test.end_lr: Input should be a finite number (got inf)",
     ),
     BadInput(
         "dropout of 1",
@@ -156,6 +205,12 @@ CASES = [
         "error: data_path: missing file train-images-idx3-ubyte[.gz] in {folder}/fashion-mnist",
     ),
     BadInput(
+        "CIFAR-10 batch crafted to run a command",
+        crafted_cifar,
+        "error: data_path: {folder}/cifar/data_batch_1 is not a CIFAR-10 python batch: "
+        "it asks for posix.system, which no data batch holds; nothing in it was run",
+    ),
+    BadInput(
         "study name reused with a different space",
         study(search={"weight_decay": [0.0, 1e-3], "dropout": [0.0, 0.3]}),
         "error: study: 'kept' in this storage was made with a different search; "
@@ -200,6 +255,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_study_alone(
         (line,) = result.stderr.splitlines()
         assert line.startswith(expected), (command, line)
         assert snapshot(existing) == before, f"{command} changed the existing study"
+    assert not (tmp_path / "ran").exists(), "a crafted data file ran its command"
 
 
 def test_readme_lists_every_bad_input_with_its_message() -> None:
@@ -219,3 +275,10 @@ def test_readme_lists_every_bad_input_with_its_message() -> None:
 
         fixed = re.split(r"\{file\}|\{folder\}", shape(case.message))
         assert all(part in shape(rows[case.what]) for part in fixed), case.what
+
+
+def test_the_crafted_batch_does_run_its_command_under_plain_pickle(tmp_path: Path) -> None:
+    # The CLI row above is only worth something if the file is a real attack.
+    crafted_cifar(tmp_path)
+    pickle.loads((tmp_path / "cifar" / "data_batch_1").read_bytes())
+    assert (tmp_path / "ran").exists()
