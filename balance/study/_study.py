@@ -10,10 +10,12 @@ import optuna
 from optuna.trial import TrialState
 
 from balance import record
-from balance.config import ConfigError, StudyConfig
+from balance.config import ConfigError, StudyConfig, TrainConfig
 from balance.storage import open_storage
 
 TPE_STARTUP_TRIALS = 10  # random trials before TPE models the space (Optuna's default)
+TPE_EI_CANDIDATES = 24  # candidates scored by expected improvement per sample (default)
+GP_STARTUP_TRIALS = 10  # random trials before the Gaussian process (Optuna's default)
 # The median pruner compares a trial only after MEDIAN_STARTUP_TRIALS others finished,
 # and never in the first quarter of the first seed's epochs: 1cycle's accuracy there is
 # still rising at the low LR and says little about where a setting ends.
@@ -47,8 +49,11 @@ class QueuedGridSampler(optuna.samplers.GridSampler):
 def make_sampler(config: StudyConfig, worker_index: int = 0) -> optuna.samplers.BaseSampler:
     """The study's sampler; each worker gets its own seed (fixed seeds repeat across workers).
 
-    Every setting is explicit, so results do not move with Optuna's defaults
-    (Optuna 5 changed TPE's).
+    Every setting Optuna 5 lets a caller set is explicit, so results do not move with
+    its defaults (5.0 made TPE multivariate with a constant liar; 4.x was neither). The
+    Parzen estimator's own settings (prior weight, magic clip, endpoints, gamma,
+    weights) are deprecated since 4.9 and fixed by Optuna at their old defaults:
+    passing them would only raise its FutureWarning.
     """
     seed = config.sampler_seed + worker_index
     if config.sampler == "grid":
@@ -58,10 +63,21 @@ def make_sampler(config: StudyConfig, worker_index: int = 0) -> optuna.samplers.
     if config.sampler == "tpe":
         trials = TPE_STARTUP_TRIALS if config.n_trials is None else config.n_trials
         return optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=min(TPE_STARTUP_TRIALS, trials)
+            seed=seed,
+            n_startup_trials=min(TPE_STARTUP_TRIALS, trials),
+            n_ei_candidates=TPE_EI_CANDIDATES,
+            multivariate=True,  # the axes interact (weight decay x LR): model them jointly
+            group=False,
+            constant_liar=True,  # parallel workers do not all sample the same point
         )
     if config.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.GPSampler(
+            seed=seed,
+            independent_sampler=optuna.samplers.RandomSampler(seed=seed),
+            n_startup_trials=GP_STARTUP_TRIALS,
+            deterministic_objective=False,  # validation accuracy is noisy across seeds
+            warn_independent_sampling=True,
+        )
     return optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -72,12 +88,15 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
         return optuna.pruners.MedianPruner(
             n_startup_trials=MEDIAN_STARTUP_TRIALS,
             n_warmup_steps=max(1, epochs // MEDIAN_WARMUP_SHARE),
+            interval_steps=1,
+            n_min_trials=1,
         )
     if config.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(
             min_resource=max(1, epochs // HYPERBAND_MIN_SHARE),
             max_resource=epochs * config.seeds,
             reduction_factor=HYPERBAND_REDUCTION,
+            bootstrap_count=0,
         )
     return optuna.pruners.NopPruner()
 
@@ -123,6 +142,8 @@ def check_signature(study: optuna.Study, config: StudyConfig) -> None:
         return
     signature = _searched_only(json.loads(json.dumps(config.space_signature())))
     stored = _searched_only(stored)
+    if "train" in stored:
+        stored["train"] = _with_added_fields(stored["train"], signature["train"])
     if stored != signature:
         changed = sorted(key for key in signature if stored.get(key) != signature[key])
         raise ConfigError(
@@ -136,3 +157,11 @@ def _searched_only(signature: dict[str, Any]) -> dict[str, Any]:
     axis existed (``lr_multiplier``) has no key for it, and means the same space."""
     search = {name: axis for name, axis in signature.get("search", {}).items() if axis is not None}
     return {**signature, "search": search}
+
+
+def _with_added_fields(stored: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+    """A stored base run with the fields added since (``precision``) at their defaults:
+    a study stored before a field existed ran at its default."""
+    defaults = TrainConfig().model_dump(mode="json")
+    added = {name: defaults[name] for name in train.keys() - stored.keys() if name in defaults}
+    return {**added, **stored}
