@@ -81,16 +81,19 @@ def postgres_server() -> Iterator[str]:
     """Admin URL of a PostgreSQL server for the whole session.
 
     ``BALANCE_TEST_POSTGRES_URL`` when set (its role needs CREATEDB); otherwise a
-    throwaway server from the installed PostgreSQL binaries (tests/postgres_server.py),
-    stopped and deleted at the end. Without either, the tests fail: a missing server
-    must not pass unnoticed (``.ci/run`` installs PostgreSQL when absent).
+    throwaway server from an installed PostgreSQL's binaries or the ``pgserver``
+    wheel's (tests/postgres_server.py), stopped and deleted at the end. Without any,
+    the tests fail: a missing server must not pass unnoticed.
     """
     url = os.environ.get(POSTGRES_URL_ENV)
     if url:
         yield url
         return
     if find_bindir() is None:
-        message = f"no PostgreSQL binaries (apt-get install postgresql) and no {POSTGRES_URL_ENV}"
+        message = (
+            f"no PostgreSQL binaries (pip install pgserver, or apt-get install postgresql) "
+            f"and no {POSTGRES_URL_ENV}"
+        )
         pytest.fail(message, pytrace=False)
     with throwaway_server() as url:
         yield url

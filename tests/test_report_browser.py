@@ -1,6 +1,7 @@
 """The report in a real headless Chromium: images load, no console errors, nothing leaves the file.
 
-Needs Debian's ``chromium`` (``apt-get install chromium``; ``.ci/run`` installs it) and
+Needs a Chromium: ``BALANCE_CHROMIUM``, else ``chromium`` on PATH (Debian's package, which
+``scripts/setup-machine`` installs when absent), and
 Playwright's Python package (the ``test`` extra); Playwright's own browser download is not
 used. A missing browser fails these tests: the check must not vanish unnoticed. Screenshots
 go to ``BALANCE_REPORT_SCREENSHOT_DIR`` when that is set, else into the test's tmp folder.
@@ -9,6 +10,7 @@ go to ``BALANCE_REPORT_SCREENSHOT_DIR`` when that is set, else into the test's t
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,9 @@ from balance.config import StudyConfig, build
 from balance.pipeline import report as build_report
 from balance.pipeline import sweep
 
-CHROMIUM = Path(os.environ.get("BALANCE_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM = Path(
+    os.environ.get("BALANCE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+)
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
