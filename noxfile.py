@@ -1,8 +1,9 @@
-"""Sessions: tests (the default run), e2e, bench, lint, typecheck.
+"""Sessions: tests (the default run), e2e, bench, gpu, lint, typecheck.
 
     nox -s tests              # the default suite: everything not marked slow, PostgreSQL too
     nox -s tests -- -k cli    # arguments after -- go to pytest
     nox -s e2e                # the slow end-to-end runs
+    nox -s gpu                # on a CUDA machine: the GPU check
     nox -s lint typecheck
 
 Torch is installed on its own first, as ``torch==2.13.0``: pip's configuration finds
@@ -65,6 +66,18 @@ def bench(session: nox.Session) -> None:
     # Every script rewrites results/README.md too; once more so a script that does not
     # use benchmarks/_common.py is in the table as well.
     session.run("python", "benchmarks/_common.py", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def gpu(session: nox.Session) -> None:
+    """The GPU check on a CUDA machine (scripts/gpu_check.py): range test, fp32 and bf16
+    training against the CPU in the same run, a 2-worker study on the one device.
+
+    Runs in the calling environment, which must hold a CUDA build of torch and balance's
+    dependencies (a fresh venv would get the CPU pin). Exits 2, measuring nothing, where
+    no CUDA device is found.
+    """
+    session.run("python", "scripts/gpu_check.py", *session.posargs, env={"PYTHONPATH": "."})
 
 
 @nox.session
