@@ -48,6 +48,8 @@ Policy = Literal["smith", "fastai", "constant", "step", "cosine"]
 ONE_CYCLE_POLICIES = ("smith", "fastai")
 SweepMode = Literal["exp", "linear"]
 SuggestionRule = Literal["onset", "minimum", "steepest", "valley", "accuracy"]
+# Lightning's names: fp32 throughout, or autocast to bfloat16 / float16 (with a GradScaler).
+Precision = Literal["32", "bf16-mixed", "16-mixed"]
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -130,6 +132,9 @@ class TrainConfig(_Strict):
     seed: int = Field(0, ge=0, description="seed of initialisation, shuffling and dropout")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    precision: Precision = Field(
+        "32", description="32, or autocast forward and loss: bf16-mixed, 16-mixed (loss scaled)"
+    )
 
     @field_validator("data")
     @classmethod

@@ -269,11 +269,27 @@ LOADERS: dict[str, Loader] = {
 def _load_user(spec: str, path: Path | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     function = import_object(spec, "data")
     result = function(path) if path is not None else function()
-    if not (isinstance(result, tuple) and len(result) == 4):
-        raise ConfigError(
-            f"data: {spec!r} must return (x_train, y_train, x_test, y_test), got {type(result)}"
-        )
-    x_tr, y_tr, x_te, y_te = (torch.as_tensor(part) for part in result)
+    return as_tensors(result, f"{spec!r} must return")
+
+
+def as_tensors(parts: object, what: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(x_train, y_train, x_test, y_test)`` (tensors or arrays) as float32 inputs and int64
+    labels: what a ``"module:function"`` loader returns and the Python API's ``data=`` takes.
+
+    Raises:
+        ConfigError: not four parts, a part that is no tensor or array, fractional labels.
+    """
+    if not (isinstance(parts, tuple | list) and len(parts) == 4):
+        raise ConfigError(f"data: {what} (x_train, y_train, x_test, y_test), got {type(parts)}")
+    tensors = []
+    for name, part in zip(("x_train", "y_train", "x_test", "y_test"), parts, strict=True):
+        try:
+            tensors.append(torch.as_tensor(part))
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ConfigError(f"data: {name} is not a tensor or array ({error})") from None
+        if name[0] == "y" and tensors[-1].is_floating_point() and tensors[-1].frac().any():
+            raise ConfigError(f"data: {name} must hold integer class indices, got fractions")
+    x_tr, y_tr, x_te, y_te = tensors
     return x_tr.float(), y_tr.long(), x_te.float(), y_te.long()
 
 
@@ -323,10 +339,27 @@ def load_dataset(
         >>> data.input_shape
         (1, 8, 8)
     """
-    if name in LOADERS:
-        x_full, y_full, x_test, y_test = LOADERS[name](data_path)
-    else:
-        x_full, y_full, x_test, y_test = _load_user(name, data_path)
+    loaded = LOADERS[name](data_path) if name in LOADERS else _load_user(name, data_path)
+    return split_dataset(
+        name, *loaded, validation_fraction=validation_fraction, split_seed=split_seed
+    )
+
+
+def split_dataset(
+    name: str,
+    x_full: Tensor,
+    y_full: Tensor,
+    x_test: Tensor,
+    y_test: Tensor,
+    *,
+    validation_fraction: float,
+    split_seed: int,
+) -> Dataset:
+    """Check loaded tensors, carve the seeded validation split and standardize them.
+
+    What :func:`load_dataset` does after loading, for built-in, ``"module:function"``
+    and Python API (``data=`` tensors) data alike.
+    """
     if x_full.dim() == 1:
         raise ConfigError(
             f"data: inputs must have a batch dimension, got shape {tuple(x_full.shape)}"

@@ -23,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from balance.config import TrainConfig
-from balance.data import Dataset, epoch_batches
-from balance.loop import prepare
+from balance.loop import prepare, split_size, training_epochs
+from balance.models import ModelFactory
+from balance.objects import DataArgument
 from balance.optim import build_optimizer
 from balance.schedule import build_scheduler
 
@@ -72,15 +73,17 @@ class NoiseScale:
 
 def measure_noise_scale(
     config: TrainConfig,
-    data: Dataset,
+    data: DataArgument | None,
     *,
     max_lr: float,
     steps: int | None = None,
     resamples: int = 500,
+    model: ModelFactory | None = None,
 ) -> NoiseScale:
     """``B_simple`` over the first ``steps`` steps (default: one epoch) of ``config``'s run.
 
-    The run is the one :func:`balance.train.train` would do at ``max_lr``: the same
+    The run is the one :func:`balance.train.train` would do at ``max_lr`` (with the
+    same ``data`` and ``model`` objects, if any): the same
     seeded model, optimizer, schedule (over ``config.epochs`` epochs) and batch order,
     in train mode (dropout on). Each batch of ``B = config.batch_size`` examples is
     split into two halves of ``B // 2`` (one example is left out when it is odd);
@@ -127,35 +130,34 @@ def measure_noise_scale(
         raise ValueError(f"max_lr: must be > 0, got {max_lr}")
     if resamples < 1:
         raise ValueError(f"resamples: must be >= 1, got {resamples}")
-    data, model, device = prepare(config, data)
-    steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
+    data, network, device = prepare(config, data, model)
+    steps_per_epoch = math.ceil(split_size(data, "train") / config.batch_size)
     total = config.epochs * steps_per_epoch
     steps = min(total, max(2, steps_per_epoch)) if steps is None else steps
     if not 2 <= steps <= total:
         raise ValueError(f"steps: must be in 2..{total} (epochs x steps per epoch), got {steps}")
-    optimizer = build_optimizer(model, config, max_lr)
+    optimizer = build_optimizer(network, config, max_lr)
     scheduler = build_scheduler(optimizer, config, total, max_lr)
     generator = torch.Generator(device=device).manual_seed(config.seed)
+    next_epoch = training_epochs(data, config.batch_size, generator, augment=config.augment)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     criterion = nn.CrossEntropyLoss()
     norms: list[Tensor] = []  # per measured step: (|G_b|^2, |G_2b|^2), left on the device
     halves: list[int] = []
     taken = 0
-    model.train()
+    network.train()
     while taken < steps:
-        for xb, yb in epoch_batches(
-            data.x_train, data.y_train, config.batch_size, generator, augment=config.augment
-        ):
+        for xb, yb in next_epoch():
             if taken == steps:
                 break
             half = len(xb) // 2
             optimizer.zero_grad(set_to_none=True)
             if half == 0:  # a last batch of one example: a plain step, nothing measured
-                criterion(model(xb), yb).backward()
+                criterion(network(xb), yb).backward()
             else:
-                first = _flat_grad(criterion(model(xb[:half]), yb[:half]), params)
+                first = _flat_grad(criterion(network(xb[:half]), yb[:half]), params)
                 second = _flat_grad(
-                    criterion(model(xb[half : 2 * half]), yb[half : 2 * half]), params
+                    criterion(network(xb[half : 2 * half]), yb[half : 2 * half]), params
                 )
                 mean = (first + second) / 2
                 small = (first.square().sum() + second.square().sum()) / 2

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from balance.config import ConfigError
-from balance.plugins import import_object
+from balance.plugins import import_object, object_label
 
 ModelFactory = Callable[[tuple[int, ...], int, float], nn.Module]
 
@@ -163,12 +163,22 @@ MODELS: dict[str, ModelFactory] = {
 
 
 def build_model(
-    name: str, input_shape: tuple[int, ...], num_classes: int, dropout: float
+    name: str | ModelFactory, input_shape: tuple[int, ...], num_classes: int, dropout: float
 ) -> nn.Module:
-    """Build a model by name, or call a user's ``"module:function"`` with the same arguments."""
-    if name in MODELS:
+    """Build a model by name, or call a user's ``"module:function"`` or factory object
+    (the Python API's ``model=``) with the same arguments."""
+    if isinstance(name, str) and name in MODELS:
         return MODELS[name](input_shape, num_classes, dropout)
-    model = import_object(name, "model")(input_shape, num_classes, dropout)
+    if isinstance(name, str):
+        factory, shown = import_object(name, "model"), repr(name)
+    elif callable(name):
+        factory, shown = name, object_label(name)
+    else:
+        raise ConfigError(
+            "model: expected a factory (input_shape, num_classes, dropout) -> nn.Module, "
+            f"got {type(name).__name__}"
+        )
+    model = factory(input_shape, num_classes, dropout)
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"model: {name!r} must return a torch.nn.Module, got {type(model)}")
+        raise ConfigError(f"model: {shown} must return a torch.nn.Module, got {type(model)}")
     return model

@@ -18,9 +18,10 @@ import optuna
 
 from balance.analysis import summarize, trials_frame
 from balance.config import ConfigError, StudyConfig
-from balance.data import Dataset
 from balance.jsonable import write_json
-from balance.models import build_model
+from balance.loop import split_size
+from balance.models import ModelFactory, build_model
+from balance.objects import DataArgument, TrainingData, check_picklable, labelled_study
 from balance.record import StudyRecord, load_record
 from balance.report import build_report
 from balance.storage import open_existing, open_storage, storage_url
@@ -52,40 +53,49 @@ class SweepResult:
     report: Path
 
 
-def preflight(config: StudyConfig) -> Dataset:
+def preflight(
+    config: StudyConfig,
+    *,
+    data: DataArgument | None = None,
+    model: ModelFactory | None = None,
+) -> TrainingData:
     """Check what the schema cannot: the data loads, every batch size fits, the model builds.
 
     Runs before the storage is touched, so a bad study file never creates or changes a study.
+    ``data`` and ``model`` are Python objects in place of ``train.data`` and ``train.model``.
 
     Raises:
         ConfigError: every problem found, one per line in ``problems``.
     """
-    data = load_study_data(config)
+    prepared = load_study_data(config, data)
     problems = []
-    n_train = len(data.x_train)
+    n_train = split_size(prepared, "train")
     for batch_size in config.batch_sizes:
         if batch_size > n_train:
             problems.append(
                 f"search.batch_size: {batch_size} is larger than the training split "
                 f"({n_train} examples)"
             )
+    factory = config.train.model if model is None else model
     try:
-        build_model(config.train.model, data.input_shape, data.num_classes, config.train.dropout)
+        build_model(factory, prepared.input_shape, prepared.num_classes, config.train.dropout)
     except ConfigError as error:
         problems.append(str(error))
     if problems:
         raise ConfigError("; ".join(problems), problems)
-    return data
+    return prepared
 
 
-def prepare(config: StudyConfig, url: str, data: Dataset) -> optuna.Study:
+def prepare(
+    config: StudyConfig, url: str, data: TrainingData, model: ModelFactory | None = None
+) -> optuna.Study:
     """Everything before the trials: create or resume the study, stage 1, queue the grid.
 
     Trials that dead local workers left running are failed first, so their cells
     are queued again. ``balance worker`` processes can join once this returned.
     """
     study = create_or_resume(config, url)
-    fix_max_lrs(study, config, data, threads=config.train.threads)
+    fix_max_lrs(study, config, data, threads=config.train.threads, model=model)
     fail_dead_workers(study, open_storage(url))
     if config.sampler == "grid":
         enqueue_missing_cells(study, config)
@@ -106,14 +116,24 @@ def write_results(
 
 
 def load_study_record(
-    config: StudyConfig, *, storage: str | None = None, root: Path = DEFAULT_ROOT
+    config: StudyConfig,
+    *,
+    storage: str | None = None,
+    root: Path = DEFAULT_ROOT,
+    data: DataArgument | None = None,
+    model: ModelFactory | None = None,
 ) -> StudyRecord:
     """Read the study a file names from its storage (the default journal under ``root``).
+
+    A study swept with ``data`` or ``model`` objects was stored under their labels
+    (:mod:`balance.objects`): pass the same objects (only their labels are used), or a
+    config whose ``train.data`` and ``train.model`` are those labels.
 
     Raises:
         ConfigError: no such journal file, no study of that name in the storage, or a
             study made with another space or base run than the file says.
     """
+    config = labelled_study(config, model=model, data=data)
     url = storage_url(config, storage, root)
     study, _ = open_existing(config.name, url)
     check_signature(study, config)
@@ -126,15 +146,18 @@ def report(
     storage: str | None = None,
     root: Path = DEFAULT_ROOT,
     study_file: Path | None = None,
+    data: DataArgument | None = None,
+    model: ModelFactory | None = None,
 ) -> Path:
     """(Re)build ``root/<study>/index.html`` from whatever the storage holds, mid-sweep too.
 
-    Reading never changes the study.
+    Reading never changes the study. ``data`` and ``model``: the objects a study was
+    swept with, if any (:func:`load_study_record`); nothing is trained or loaded.
 
     Raises:
         ConfigError: the storage holds no study of that name.
     """
-    record = load_study_record(config, storage=storage, root=root)
+    record = load_study_record(config, storage=storage, root=root, data=data, model=model)
     return build_report(record, root=root, study_file=study_file)
 
 
@@ -146,12 +169,16 @@ def sweep(
     root: Path = DEFAULT_ROOT,
     on_progress: ProgressCallback | None = None,
     study_file: Path | None = None,
+    data: DataArgument | None = None,
+    model: ModelFactory | None = None,
 ) -> SweepResult:
     """Run a whole study: stage 1 (max LR per batch size), stage 2 (the sweep), test, results.
 
     Re-running the same study on the same storage resumes it: stage 1 is not
     redone, completed cells are not run again, interrupted ones are. ``study_file``
-    only names the file in the report.
+    only names the file in the report. ``data`` and ``model`` are Python objects in
+    place of ``train.data`` and ``train.model`` (:mod:`balance.objects`); the study is
+    stored under their labels, and with ``workers > 1`` they must pickle (checked first).
 
     Example:
         >>> from balance import load_study_file, sweep
@@ -161,14 +188,18 @@ def sweep(
     n_workers = config.workers if workers is None else workers
     if n_workers < 1:
         raise ConfigError(f"workers: must be >= 1, got {n_workers}")
-    data = preflight(config)
+    check_picklable(n_workers, model=model, data=data)
+    config = labelled_study(config, model=model, data=data)
+    prepared = preflight(config, data=data, model=model)
+    # Workers load data named in the config themselves; objects are handed to them split.
+    objects: dict[str, Any] = {"data": None if data is None else prepared, "model": model}
     url = storage_url(config, storage, root)
-    prepare(config, url, data)
-    run_workers(config, url, n_workers, on_progress)
+    prepare(config, url, prepared, model)
+    run_workers(config, url, n_workers, on_progress, **objects)
     study, _ = open_existing(config.name, url)
-    race(study, config, lambda: run_workers(config, url, n_workers, on_progress))
+    race(study, config, lambda: run_workers(config, url, n_workers, on_progress, **objects))
     threads = worker_plan(config, n_workers)[0][0]
-    evaluate_on_test(study, config, data, threads=threads, workers=n_workers)
+    evaluate_on_test(study, config, prepared, threads=threads, workers=n_workers, model=model)
     record = load_record(study, config, storage=url)
     out_dir = root / config.name
     summary = write_results(record, out_dir, wall_time=time.perf_counter() - started)

@@ -17,16 +17,19 @@ import torch
 from torch import nn
 
 from balance.config import RangeTestConfig, TrainConfig
-from balance.data import Dataset
 from balance.loop import (
     Divergence,
     EpochCallback,
     EpochMetrics,
-    correct_examples,
-    evaluate,
+    correct_batches,
+    evaluate_batches,
     fit,
     prepare,
+    split_batches,
+    split_size,
 )
+from balance.models import ModelFactory
+from balance.objects import DataArgument
 from balance.optim import build_optimizer
 from balance.range_test import Probe, RangeTestResult, RangeTestWarning, find_max_lr
 from balance.runs import pack_correct
@@ -79,7 +82,8 @@ class TrainResult:
 def train(
     config: TrainConfig,
     *,
-    data: Dataset | None = None,
+    data: DataArgument | None = None,
+    model: ModelFactory | None = None,
     callback: EpochCallback | None = None,
     evaluate_test: bool = False,
     track_test: bool = False,
@@ -93,6 +97,11 @@ def train(
     The run is deterministic for a given seed, device and thread count.
     ``evaluate_test`` measures the test split once at the end; ``track_test``
     after every epoch (for plots of the final comparison only).
+    ``data`` and ``model`` are Python objects standing in for ``config.data`` and
+    ``config.model`` (:mod:`balance.objects`): a :class:`~balance.data.Dataset`,
+    ``(x_train, y_train, x_test, y_test)`` tensors or a
+    :class:`~balance.streaming.StreamingData`; a factory
+    ``(input_shape, num_classes, dropout) -> nn.Module``.
 
     Example:
         >>> from balance import TrainConfig, train
@@ -102,17 +111,18 @@ def train(
     """
     found, max_lr = None, config.max_lr
     if max_lr is None:
-        found = choose_max_lr(config, range_config, data=data)
+        found = choose_max_lr(config, range_config, data=data, model=model)
         max_lr = found.max_lr
         config = config.model_copy(update={"max_lr": max_lr})
     started = time.perf_counter()
-    data, model, device = prepare(config, data)
-    optimizer = build_optimizer(model, config, max_lr)
-    steps_per_epoch = math.ceil(len(data.x_train) / config.batch_size)
+    data, network, device = prepare(config, data, model)
+    optimizer = build_optimizer(network, config, max_lr)
+    n_train = split_size(data, "train")
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
     scheduler = build_scheduler(optimizer, config, config.epochs * steps_per_epoch, max_lr)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     history, lrs, momenta, train_time, diverged = fit(
-        model,
+        network,
         optimizer,
         scheduler,
         data,
@@ -122,18 +132,23 @@ def train(
         augment=config.augment,
         callback=callback,
         track_test=track_test,
+        precision=config.precision,
     )
+    precision = config.precision
     val_correct, val_examples = None, None
     if diverged is None and history:  # compared on the same examples across cells and seeds
-        val_correct = pack_correct(correct_examples(model, data.x_val, data.y_val).numpy())
-        val_examples = len(data.x_val)
+        hits = correct_batches(network, split_batches(data, "val"), device, precision=precision)
+        val_correct = pack_correct(hits.numpy())
+        val_examples = len(hits)
     test_loss = test_accuracy = None
     test_correct, test_examples = None, None
     if (evaluate_test or track_test) and diverged is None:
-        test_loss, test_accuracy = evaluate(model, data.x_test, data.y_test)
-        test_correct = pack_correct(correct_examples(model, data.x_test, data.y_test).numpy())
-        test_examples = len(data.x_test)
-    samples = len(data.x_train) * math.ceil(len(lrs) / steps_per_epoch)
+        test = split_batches(data, "test")
+        test_loss, test_accuracy = evaluate_batches(network, test, device, precision=precision)
+        hits = correct_batches(network, split_batches(data, "test"), device, precision=precision)
+        test_correct = pack_correct(hits.numpy())
+        test_examples = len(hits)
+    samples = n_train * math.ceil(len(lrs) / steps_per_epoch)
     return TrainResult(
         max_lr=max_lr,
         batch_size=config.batch_size,
@@ -151,7 +166,7 @@ def train(
         val_examples=val_examples,
         test_correct=test_correct,
         test_examples=test_examples,
-        model=model,
+        model=network,
     )
 
 
@@ -170,7 +185,8 @@ def choose_max_lr(
     config: TrainConfig,
     range_config: RangeTestConfig | None = None,
     *,
-    data: Dataset | None = None,
+    data: DataArgument | None = None,
+    model: ModelFactory | None = None,
     progress: Callable[[Probe], object] | None = None,
 ) -> RangeTestResult:
     """The range test's answer, confirmed by complete 1cycle runs around it (probes).
@@ -186,16 +202,17 @@ def choose_max_lr(
     is measured on the evaluation cases of ``benchmarks/lr_suite.py`` (README, "How
     the max LR is chosen"). ``probes=0`` keeps the curve's answer. The curve's answer
     stays in ``curve_max_lr``; each run in ``probes``; ``progress`` is called after each.
+    ``data`` and ``model``: Python objects, as for :func:`train`.
     """
     range_config = RangeTestConfig() if range_config is None else range_config
-    data, _, _ = prepare(config, data)
-    found = find_max_lr(config, range_config, data=data)
+    data, _, _ = prepare(config, data, model)  # split once, for the test and every probe
+    found = find_max_lr(config, range_config, data=data, model=model)
     if range_config.probes == 0:
         return found
     probes: list[Probe] = []
 
     def probe(lr: float) -> None:
-        run = train(config.model_copy(update={"max_lr": lr}), data=data)
+        run = train(config.model_copy(update={"max_lr": lr}), data=data, model=model)
         accuracy = None if run.diverged is not None or run.final is None else run.final.val_accuracy
         probes.append(Probe(lr, accuracy, run.steps))
         if progress is not None:

@@ -15,6 +15,10 @@ DataLoader) and validate once per epoch. Two figures per case:
 bare loop, per step, counted by ``torch.profiler`` (a load-independent check
 that the hot loop does no extra per-step work: only a ``detach`` of the loss).
 
+``bf16``: samples/s of ``train()`` under ``precision="bf16-mixed"`` over the same
+``train()`` in fp32, the two run side by side the same way (no target: what
+autocast buys or costs on this CPU), with both runs' final validation accuracy.
+
 Each repeat runs the bare loop and ``train()`` back to back (order alternating)
 and the ratio of the pair is kept; the figure is the median over repeats. Runs
 are short (about 2 s) and many, so a burst of load from other processes hits one
@@ -124,6 +128,7 @@ def balance_loop(config: TrainConfig, data: Dataset) -> dict[str, float]:
     return {
         "samples_per_second": result.samples_per_second,
         "wall_time": time.perf_counter() - started,
+        "val_accuracy": result.final.val_accuracy if result.final else math.nan,
     }
 
 
@@ -152,6 +157,31 @@ def run_case(config: TrainConfig, data: Dataset, repeats: int) -> dict[str, Any]
         "ratio_wall_repeats": wall,
         "bare_samples_per_second": median([r["samples_per_second"] for r in runs["bare"]]),
         "balance_samples_per_second": median([r["samples_per_second"] for r in runs["balance"]]),
+    }
+
+
+def precision_case(config: TrainConfig, data: Dataset, repeats: int) -> dict[str, Any]:
+    """samples/s of ``train()`` under bf16-mixed over fp32, run side by side."""
+    half = config.model_copy(update={"precision": "bf16-mixed"})
+    balance_loop(half, data)  # warm-up: autocast's first casts
+    runs = interleaved(
+        {"fp32": lambda: balance_loop(config, data), "bf16": lambda: balance_loop(half, data)},
+        repeats,
+    )
+    ratios = [
+        b["samples_per_second"] / a["samples_per_second"]
+        for a, b in zip(runs["fp32"], runs["bf16"], strict=True)
+    ]
+    return {
+        "runs": runs,
+        "ratio": median(ratios),
+        "ratio_range": spread(ratios),
+        "ratio_repeats": ratios,
+        **{
+            f"{name}_{figure}": median([run[figure] for run in runs[name]])
+            for name in runs
+            for figure in ("samples_per_second", "val_accuracy")
+        },
     }
 
 
@@ -221,6 +251,18 @@ def main(argv: list[str] | None = None) -> int:
                     f"{case['ratio_wall']:.3f})",
                     f">= {TARGET}",
                     case["ratio_steps"] >= TARGET,
+                )
+            )
+            print(headlines[-1]["measure"], headlines[-1]["value"], flush=True)
+            case["bf16"] = half = precision_case(config, data, repeats)
+            low, high = half["ratio_range"]
+            headlines.append(
+                headline(
+                    f"{key}, batch {config.batch_size}: samples/s of train(), bf16-mixed / fp32",
+                    f"{half['ratio']:.3f} (median of {repeats}; {low:.3f}-{high:.3f}; "
+                    f"{half['bf16_samples_per_second']:,.0f} vs "
+                    f"{half['fp32_samples_per_second']:,.0f} samples/s; val accuracy "
+                    f"{half['bf16_val_accuracy']:.3f} vs {half['fp32_val_accuracy']:.3f})",
                 )
             )
             print(headlines[-1]["measure"], headlines[-1]["value"], flush=True)

@@ -24,6 +24,7 @@ SCRIPTS = {
     "postgres_load": {"balance_workers", "lost", "repeated", "server"},
     "racing": {"ratio", "rounds", "matched", "full_kept", "racing_kept", "dropped"},
     "lr_axis": {"studies"},
+    "streaming_data": {"ratio", "cases", "repeats"},
 }
 
 

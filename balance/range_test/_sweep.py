@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,10 +13,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from balance.config import ConfigError, RangeTestConfig, SweepMode, TrainConfig
-from balance.data import Dataset, epoch_batches
-from balance.loop import evaluate, prepare
+from balance.config import ConfigError, Precision, RangeTestConfig, SweepMode, TrainConfig
+from balance.loop import (
+    data_device,
+    evaluate_batches,
+    prepare,
+    split_size,
+    training_epochs,
+    validation_subset,
+)
+from balance.models import ModelFactory
+from balance.objects import DataArgument, TrainingData, resolve_data
 from balance.optim import build_optimizer
+from balance.precision import autocast, backward_and_step, grad_scaler
 from balance.range_test._diagnostics import curve_warnings, diagnose_super_convergence, is_flat
 from balance.range_test._result import RangeTestError, RangeTestResult, RangeTestWarning
 from balance.range_test._rules import (
@@ -27,6 +36,7 @@ from balance.range_test._rules import (
     suggest_all,
     suggest_onset,
 )
+from balance.streaming import Batch
 
 
 def sweep_lrs(start_lr: float, end_lr: float, num_steps: int, mode: SweepMode) -> list[float]:
@@ -66,13 +76,11 @@ def turned(lrs: Sequence[float], losses: Sequence[float], config: RangeTestConfi
     )
 
 
-def _full_batches(
-    x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator, augment: bool
-) -> Iterator[tuple[Tensor, Tensor]]:
+def _full_batches(epoch: Callable[[], Iterator[Batch]], batch_size: int) -> Iterator[Batch]:
     # Endless shuffled epochs; a short last batch is dropped so every step's loss
     # has the same noise level.
     while True:
-        for xb, yb in epoch_batches(x, y, batch_size, generator, augment=augment):
+        for xb, yb in epoch():
             if len(xb) == batch_size:
                 yield xb, yb
 
@@ -110,13 +118,6 @@ def _restore(saved: _Saved, model: nn.Module, optimizer: torch.optim.Optimizer) 
         torch.cuda.set_rng_state_all(saved.cuda_rng)
 
 
-def _validation_subset(data: Dataset, size: int) -> tuple[Tensor, Tensor]:
-    # The same examples every time: a fixed seed, independent of the shuffling generator.
-    order = torch.randperm(len(data.x_val), generator=torch.Generator().manual_seed(0))
-    index = order[: min(size, len(data.x_val))].to(data.x_val.device)
-    return data.x_val[index], data.y_val[index]
-
-
 @dataclass
 class _Sweep:
     """The raw record of one sweep (or the step-by-step mean of several)."""
@@ -132,24 +133,29 @@ class _Sweep:
 def _sweep(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    data: Dataset,
+    data: TrainingData,
     *,
     batch_size: int,
     config: RangeTestConfig,
     generator: torch.Generator | None,
     augment: bool,
+    precision: Precision,
 ) -> _Sweep:
     """Train through the LR schedule, recording each step; restore everything afterwards."""
     schedule = sweep_lrs(config.start_lr, config.end_lr, config.num_steps, config.mode)
     record = _Sweep([], [], [], [], [], None)
     saved = _save(model, optimizer)
     try:
+        device = data_device(data)
         if generator is None:
             seed = int(torch.randint(2**62, ()).item())
-            generator = torch.Generator(device=data.x_train.device).manual_seed(seed)
-        batches = _full_batches(data.x_train, data.y_train, batch_size, generator, augment)
-        x_val, y_val = _validation_subset(data, config.val_size)
+            generator = torch.Generator(device=device).manual_seed(seed)
+        epoch = training_epochs(data, batch_size, generator, augment=augment)
+        batches = _full_batches(epoch, batch_size)
+        val_batches = validation_subset(data, config.val_size)
         criterion = nn.CrossEntropyLoss()
+        cast = autocast(precision, device)
+        scaler = grad_scaler(precision, device)  # a new scale for every sweep
         beta, average, best = config.ema_beta, 0.0, math.inf
         model.train()
         step = 0
@@ -158,10 +164,10 @@ def _sweep(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             xb, yb = next(batches)
-            loss = criterion(model(xb), yb)
+            with cast:
+                loss = criterion(model(xb), yb)  # fp32: autocast runs cross-entropy in fp32
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            backward_and_step(loss, optimizer, scaler)
             value = loss.item()  # one host sync per step: the stop rule needs the value
             record.lrs.append(lr)
             record.losses.append(value)
@@ -172,7 +178,8 @@ def _sweep(
             current = average / (1 - beta ** (step + 1))  # bias correction, as smooth()
             best = min(best, current)
             if config.val_every > 0 and (step + 1) % config.val_every == 0:
-                val_loss, val_accuracy = evaluate(model, x_val, y_val)
+                val = val_batches()
+                val_loss, val_accuracy = evaluate_batches(model, val, device, precision=precision)
                 record.val_steps.append(step)
                 record.val_losses.append(val_loss)
                 record.val_accuracies.append(val_accuracy)
@@ -306,11 +313,11 @@ def _result(
     )
 
 
-def _check_sizes(data: Dataset, batch_size: int, div_factor: float) -> None:
-    if not 1 <= batch_size <= len(data.x_train):
+def _check_sizes(data: TrainingData, batch_size: int, div_factor: float) -> None:
+    if not 1 <= batch_size <= split_size(data, "train"):
         raise ConfigError(
             f"batch_size: must be between 1 and the training split size "
-            f"({len(data.x_train)}), got {batch_size}"
+            f"({split_size(data, 'train')}), got {batch_size}"
         )
     if div_factor <= 1:
         raise ConfigError(f"div_factor: must be > 1, got {div_factor}")
@@ -319,13 +326,14 @@ def _check_sizes(data: Dataset, batch_size: int, div_factor: float) -> None:
 def range_test(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    data: Dataset,
+    data: DataArgument,
     *,
     batch_size: int,
     config: RangeTestConfig | None = None,
     div_factor: float = 25.0,
     generator: torch.Generator | None = None,
     augment: bool = False,
+    precision: Precision = "32",
 ) -> RangeTestResult:
     """Sweep the LR over ``config.num_steps`` training steps of this model and suggest ``max_lr``.
 
@@ -336,15 +344,19 @@ def range_test(
     Everything the test touches is restored afterwards (see the module docstring).
 
     Args:
-        model: the network, on the same device as ``data``.
+        model: the network (any ``nn.Module``); ``data`` is moved to its device.
         optimizer: its optimizer; momentum/beta1 stay as set.
-        data: the data set; batches come from ``x_train``, validation from ``x_val``.
+        data: a :class:`~balance.data.Dataset`, ``(x_train, y_train, x_test, y_test)``
+            tensors (split as ``TrainConfig()`` would) or a
+            :class:`~balance.streaming.StreamingData`; batches come from its training
+            split, validation from its validation split.
         batch_size: examples per step (the LR to suggest depends on it).
         config: sweep, smoothing, stop and rule settings (default ``RangeTestConfig()``).
         div_factor: ``min_lr = max_lr / div_factor`` (the 1cycle start LR).
         generator: shuffles the batches; by default one seeded from torch's global
             RNG (whose state is restored afterwards).
         augment: augment image batches as training would.
+        precision: ``"32"``, or autocast forward and loss (:mod:`balance.precision`).
 
     Returns:
         The curves, every rule's suggestion, the chosen ``max_lr`` and ``min_lr``,
@@ -352,15 +364,18 @@ def range_test(
         :class:`RangeTestWarning`).
     """
     config = RangeTestConfig() if config is None else config
-    _check_sizes(data, batch_size, div_factor)
+    device = next(model.parameters(), torch.empty(0)).device
+    prepared = resolve_data(data, TrainConfig()).to(device)
+    _check_sizes(prepared, batch_size, div_factor)
     sweep = _sweep(
         model,
         optimizer,
-        data,
+        prepared,
         batch_size=batch_size,
         config=config,
         generator=generator,
         augment=augment,
+        precision=precision,
     )
     return _result(
         sweep,
@@ -376,7 +391,8 @@ def find_max_lr(
     train_config: TrainConfig,
     range_config: RangeTestConfig | None = None,
     *,
-    data: Dataset | None = None,
+    data: DataArgument | None = None,
+    model: ModelFactory | None = None,
 ) -> RangeTestResult:
     """Run the range test on the model, optimizer and batches ``train_config`` would train.
 
@@ -388,24 +404,27 @@ def find_max_lr(
     ``seed``, ``seed + 1``, ...; their losses (and validation measurements) are
     averaged step by step before smoothing, so one unlucky initialization or
     batch order moves the suggestion less. ``min_lr`` uses
-    ``train_config.div_factor``.
+    ``train_config.div_factor``. ``data`` and ``model``: Python objects in place of
+    ``train_config.data`` and ``.model``, as for :func:`balance.train.train`.
     """
     range_config = RangeTestConfig() if range_config is None else range_config
     sweeps = []
     for offset in range(range_config.repeats):
         run = train_config.model_copy(update={"seed": train_config.seed + offset})
-        data, model, device = prepare(run, data)
-        _check_sizes(data, run.batch_size, run.div_factor)
-        optimizer = build_optimizer(model, run, range_config.start_lr)
+        prepared, network, device = prepare(run, data, model)
+        data = prepared  # split once, for every repeat
+        _check_sizes(prepared, run.batch_size, run.div_factor)
+        optimizer = build_optimizer(network, run, range_config.start_lr)
         sweeps.append(
             _sweep(
-                model,
+                network,
                 optimizer,
-                data,
+                prepared,
                 batch_size=run.batch_size,
                 config=range_config,
                 generator=torch.Generator(device=device).manual_seed(run.seed),
                 augment=run.augment,
+                precision=run.precision,
             )
         )
     return _result(

@@ -9,8 +9,9 @@ import optuna
 from balance import record
 from balance.cells import best_cell, cell_results
 from balance.config import ConfigError, StudyConfig, TrainConfig, base_setting, trial_config
-from balance.data import Dataset
 from balance.loop import resolve_device
+from balance.models import ModelFactory
+from balance.objects import TrainingData
 from balance.record import StageOne, load_final, read_trials
 from balance.runs import EvaluationRun, EvaluationSide, FinalEvaluation
 from balance.train import train
@@ -31,15 +32,17 @@ def chosen_setting(study: optuna.Study, config: StudyConfig) -> tuple[int, dict[
 def evaluate_on_test(
     study: optuna.Study,
     config: StudyConfig,
-    data: Dataset,
+    data: TrainingData,
     threads: int | None = None,
     workers: int = 1,
+    model: ModelFactory | None = None,
 ) -> FinalEvaluation:
     """Train the chosen setting (and the baseline) once per seed and measure the test split.
 
     The test split chooses nothing: selection already happened on validation.
     The result is stored in the study, so it is computed once per chosen cell.
     The runs are independent: ``workers`` local processes (joblib) share them out.
+    ``model``: a factory in place of ``train.model``, for both sides.
     """
     number, params = chosen_setting(study, config)
     stored = load_final(study)
@@ -65,7 +68,7 @@ def evaluate_on_test(
     on_cuda = chosen.device != "cpu" and resolve_device(chosen.device).type == "cuda"
     n_jobs = 1 if on_cuda else max(1, min(workers, len(jobs)))
     runs = Parallel(n_jobs=n_jobs, backend="loky")(
-        delayed(_test_run)(run_config, data) for _, run_config in jobs
+        delayed(_test_run)(run_config, data, model) for _, run_config in jobs
     )
     sides = {
         name: EvaluationSide.of_runs(
@@ -80,8 +83,8 @@ def evaluate_on_test(
     return final
 
 
-def _test_run(config: TrainConfig, data: Dataset) -> EvaluationRun:
-    result = train(config, data=data, track_test=True)
+def _test_run(config: TrainConfig, data: TrainingData, model: ModelFactory | None) -> EvaluationRun:
+    result = train(config, data=data, model=model, track_test=True)
     return EvaluationRun(
         seed=config.seed,
         test_accuracy=result.test_accuracy,

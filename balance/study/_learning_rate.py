@@ -8,15 +8,20 @@ import optuna
 
 from balance import record
 from balance.config import StudyConfig
-from balance.data import Dataset
 from balance.gradient_noise import NoiseScale, measure_noise_scale
+from balance.models import ModelFactory
+from balance.objects import TrainingData
 from balance.range_test import RangeTestResult, fit_batch_scaling
 from balance.record import StageOne
 from balance.train import choose_max_lr
 
 
 def fit_max_lrs(
-    config: StudyConfig, data: Dataset, *, threads: int | None = None
+    config: StudyConfig,
+    data: TrainingData,
+    *,
+    threads: int | None = None,
+    model: ModelFactory | None = None,
 ) -> tuple[dict[int, float], dict[int, RangeTestResult]]:
     """Max LR for every batch size of the study, and the range tests behind them.
 
@@ -28,6 +33,7 @@ def fit_max_lrs(
     ``linear`` and ``sqrt`` run one test at ``train.batch_size`` and scale
     from it; ``none`` uses that LR for every size. A ``train.max_lr`` given in the
     study file replaces the range test: it is the LR at ``train.batch_size``.
+    ``model``: a factory in place of ``train.model`` (:mod:`balance.objects`).
     """
     base = config.train.model_copy(
         update={"threads": config.train.threads if threads is None else threads}
@@ -37,7 +43,7 @@ def fit_max_lrs(
     if base.max_lr is None and config.lr_scaling in ("range-test", "fit"):
         for size in sizes:
             sized = base.model_copy(update={"batch_size": size})
-            tests[size] = choose_max_lr(sized, config.range_test, data=data)
+            tests[size] = choose_max_lr(sized, config.range_test, data=data, model=model)
         measured = {size: tests[size].max_lr for size in sizes}
         fit = fit_batch_scaling(measured) if config.lr_scaling == "fit" else None
         if fit is None:
@@ -46,7 +52,7 @@ def fit_max_lrs(
     if base.max_lr is not None:
         reference = base.max_lr
     else:
-        tests[base.batch_size] = choose_max_lr(base, config.range_test, data=data)
+        tests[base.batch_size] = choose_max_lr(base, config.range_test, data=data, model=model)
         reference = tests[base.batch_size].max_lr
     return {
         size: scale_lr(reference, base.batch_size, size, config.lr_scaling) for size in sizes
@@ -64,7 +70,11 @@ def scale_lr(lr: float, from_size: int, to_size: int, rule: str) -> float:
 
 
 def fix_max_lrs(
-    study: optuna.Study, config: StudyConfig, data: Dataset, threads: int | None = None
+    study: optuna.Study,
+    config: StudyConfig,
+    data: TrainingData,
+    threads: int | None = None,
+    model: ModelFactory | None = None,
 ) -> StageOne:
     """Stage 1, once per study: run the range tests, measure the gradient noise scale at
     each batch size, and store the curves, the scales and the LRs.
@@ -74,8 +84,8 @@ def fix_max_lrs(
     stored = StageOne.from_study(study)
     if stored.done:
         return stored
-    max_lrs, tests = fit_max_lrs(config, data, threads=threads)
-    scales = measure_noise_scales(config, data, max_lrs, threads=threads)
+    max_lrs, tests = fit_max_lrs(config, data, threads=threads, model=model)
+    scales = measure_noise_scales(config, data, max_lrs, threads=threads, model=model)
     stage = StageOne(max_lrs=max_lrs, range_tests=tests, noise_scales=scales)
     record.save_stage_one(study, stage)
     return stage
@@ -83,10 +93,11 @@ def fix_max_lrs(
 
 def measure_noise_scales(
     config: StudyConfig,
-    data: Dataset,
+    data: TrainingData,
     max_lrs: dict[int, float],
     *,
     threads: int | None = None,
+    model: ModelFactory | None = None,
 ) -> dict[int, NoiseScale]:
     """``B_simple`` per batch size over the first epoch of the run a trial trains there
     (the base setting at that size's max LR); none when ``range_test.noise_scale`` is off.
@@ -101,9 +112,8 @@ def measure_noise_scales(
     )
     for size, lr in sorted(max_lrs.items()):
         try:
-            scales[size] = measure_noise_scale(
-                base.model_copy(update={"batch_size": size, "max_lr": lr}), data, max_lr=lr
-            )
+            sized = base.model_copy(update={"batch_size": size, "max_lr": lr})
+            scales[size] = measure_noise_scale(sized, data, max_lr=lr, model=model)
         except ValueError:
             continue  # the step diverged or the batch holds one example: nothing to measure
     return scales

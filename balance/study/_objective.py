@@ -22,8 +22,9 @@ from balance.config import (
     base_setting,
     trial_config,
 )
-from balance.data import Dataset
 from balance.loop import EpochMetrics
+from balance.models import ModelFactory
+from balance.objects import TrainingData
 from balance.optim import build_optimizer
 from balance.runs import RunDivergence, SeedRun
 from balance.study._stopping import stop_allowed, stop_deferred
@@ -95,11 +96,12 @@ class Objective:
     def __init__(
         self,
         config: StudyConfig,
-        data: Dataset,
+        data: TrainingData,
         max_lrs: dict[int, float],
         *,
         threads: int | None = None,
         device: str | None = None,
+        model: ModelFactory | None = None,
     ) -> None:
         _quiet_divergence_tracebacks()
         # A process imports torch._dynamo (about 2 s here) when it builds its first
@@ -107,6 +109,7 @@ class Objective:
         build_optimizer(nn.Linear(1, 1), config.train, 1e-3)
         self.config = config
         self.data = data
+        self.model = model  # a factory in place of config.train.model, or None
         self.max_lrs = max_lrs
         self.base = config.train.model_copy(
             update={
@@ -157,7 +160,7 @@ class Objective:
 
             config = run_config.model_copy(update={"seed": seed})
             with stop_allowed():
-                result = train(config, data=self.data, callback=report)
+                result = train(config, data=self.data, model=self.model, callback=report)
             runs.append(SeedRun.from_history(seed, history, result))
             record.save_runs(trial, runs)
             if result.diverged is not None:

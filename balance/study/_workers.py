@@ -14,7 +14,8 @@ from typing import Any
 import optuna
 
 from balance.config import ConfigError, StudyConfig
-from balance.data import Dataset, load_dataset
+from balance.models import ModelFactory
+from balance.objects import DataArgument, TrainingData, check_picklable, resolve_data
 from balance.record import StageOne
 from balance.storage import open_existing
 from balance.study._objective import Objective, TrainingDiverged
@@ -44,15 +45,10 @@ class WorkerDied(RuntimeError):
     """A local worker process ended without finishing (killed by a signal, out of memory)."""
 
 
-def load_study_data(config: StudyConfig) -> Dataset:
-    """The study's data set, split as its base run says."""
-    train = config.train
-    return load_dataset(
-        train.data,
-        data_path=train.data_path,
-        validation_fraction=train.validation_fraction,
-        split_seed=train.split_seed,
-    )
+def load_study_data(config: StudyConfig, data: DataArgument | None = None) -> TrainingData:
+    """The study's data set (or the ``data`` object standing in for it), split as its base
+    run says."""
+    return resolve_data(data, config.train)
 
 
 def run_one_trial(study: optuna.Study, objective: Objective) -> None:
@@ -73,6 +69,8 @@ def run_worker(
     device: str | None = None,
     worker_index: int = 0,
     on_progress: ProgressCallback | None = None,
+    data: DataArgument | None = None,
+    model: ModelFactory | None = None,
 ) -> int:
     """Join the study at ``url`` and run trials until none is left; return how many ran.
 
@@ -82,6 +80,8 @@ def run_worker(
     run: if one of them dies, its trial is failed after the heartbeat's grace
     period and queued again, and a waiting worker trains it. Interrupted
     (``KeyboardInterrupt``), a worker queues its cell again and re-raises.
+    ``data`` and ``model``: Python objects in place of ``train.data`` and
+    ``train.model`` (:mod:`balance.objects`); every worker of the study needs the same.
     """
     study, storage = open_existing(config.name, url)
     study.sampler = make_sampler(config, worker_index)
@@ -89,8 +89,14 @@ def run_worker(
     stage = StageOne.from_study(study)
     if not stage.done:
         raise ConfigError(f"study: {config.name!r} has no max LR yet; run `balance sweep` first")
-    data = load_study_data(config)
-    objective = Objective(config, data, stage.max_lrs, threads=threads, device=device)
+    objective = Objective(
+        config,
+        load_study_data(config, data),
+        stage.max_lrs,
+        threads=threads,
+        device=device,
+        model=model,
+    )
     ran = 0
     try:
         while True:
@@ -167,23 +173,33 @@ def _stop(processes: list[Any]) -> None:
 
 
 def run_workers(
-    config: StudyConfig, url: str, workers: int, on_progress: ProgressCallback | None = None
+    config: StudyConfig,
+    url: str,
+    workers: int,
+    on_progress: ProgressCallback | None = None,
+    *,
+    data: DataArgument | None = None,
+    model: ModelFactory | None = None,
 ) -> None:
     """Run ``workers`` local worker processes and report progress while they work.
 
     Interrupted (Ctrl-C, or SIGTERM turned into ``KeyboardInterrupt`` by the CLI),
     it interrupts the workers, which record their running trials as failed and
     queue those cells again, waits for them (``STOP_GRACE_S`` at most) and
-    re-raises: no worker outlives the call, no trial stays running.
+    re-raises: no worker outlives the call, no trial stays running. ``data`` and
+    ``model`` reach each process by pickling (:func:`balance.objects.check_picklable`).
 
     Raises:
         WorkerDied: a worker process died (a signal, or out of memory); the others
             finished the work first.
     """
     plan = worker_plan(config, workers)
+    objects: dict[str, Any] = {"data": data, "model": model}
     if workers == 1:
-        run_worker(config, url, threads=plan[0][0], device=plan[0][1], on_progress=on_progress)
+        threads, device = plan[0]
+        run_worker(config, url, threads=threads, device=device, on_progress=on_progress, **objects)
         return
+    check_picklable(workers, model=model, data=data)
     context = multiprocessing.get_context("spawn")  # torch and threads do not survive fork
     errors = context.SimpleQueue()
     verbosity = optuna.logging.get_verbosity()
@@ -191,7 +207,7 @@ def run_workers(
         context.Process(
             target=_worker_process,
             args=(errors, verbosity, config, url),
-            kwargs={"threads": threads, "device": device, "worker_index": index},
+            kwargs={"threads": threads, "device": device, "worker_index": index, **objects},
             name=f"balance-worker-{index}",
         )
         for index, (threads, device) in enumerate(plan)
