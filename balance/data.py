@@ -22,7 +22,7 @@ from torch import Tensor
 
 from balance.config import ConfigError
 from balance.plugins import import_object
-from balance.safe_pickle import ForbiddenGlobal, load_batch
+from balance.safe_pickle import UnsafeBatch, load_batch
 
 MNIST1D_CACHE_VERSION = 1
 
@@ -215,20 +215,27 @@ def _load_idx_set(folder: Path | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         batch = load_batch(path)
-    except ForbiddenGlobal as error:
+    except UnsafeBatch as error:
         raise ConfigError(
             f"data_path: {path} is not a CIFAR-10 python batch: {error}; nothing in it was run"
         ) from None
     except Exception as error:  # a malformed pickle can raise almost anything
         raise ConfigError(f"data_path: {path} is not a CIFAR-10 python batch ({error!r})") from None
-    try:
-        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except Exception as error:  # not a dict, keys missing, the wrong shape or type
-        raise ConfigError(f"data_path: {path} is not a CIFAR-10 python batch ({error!r})") from None
-    if len(data) != len(labels):
-        raise ConfigError(f"data_path: {path} has {len(data)} images but {len(labels)} labels")
-    return data, labels
+    # Checked by type before anything walks it: nested lists could make asarray walk
+    # 10^depth elements, a label of 10^12 a layer of as many classes.
+    rows = batch.get(b"data") if type(batch) is dict else None
+    labels = batch.get(b"labels") if type(batch) is dict else None
+    if not (type(rows) is np.ndarray and rows.dtype == np.uint8 and rows.shape[1:] == (3072,)):
+        raise ConfigError(
+            f"data_path: {path} is not a CIFAR-10 python batch (no b'data' rows of 3072 bytes)"
+        )
+    if type(labels) is not list or not all(type(y) is int and 0 <= y < 10 for y in labels):
+        raise ConfigError(
+            f"data_path: {path} is not a CIFAR-10 python batch (b'labels' is no list of 0-9)"
+        )
+    if len(rows) != len(labels):
+        raise ConfigError(f"data_path: {path} has {len(rows)} images but {len(labels)} labels")
+    return rows.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
 
 
 def _load_cifar10(folder: Path | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -5,7 +5,8 @@ batch shared with a data folder could run any command. :class:`BatchUnpickler`
 resolves only the globals a real batch needs (NumPy's array and dtype
 reconstruction; ``_codecs.encode``, which protocol 2 uses for bytes); dicts,
 lists, bytes, str and ints need no global at all. Any other name stops the load
-before anything is called.
+before anything is called; an array is only rebuilt the way NumPy writes one, from
+bytes the file holds, so a small file cannot allocate a large one.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import io
 import pickle
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 # (module, name) pairs a CIFAR-10 batch can hold, written by NumPy 1 or 2 (``numpy.core``
 # became ``numpy._core``) under pickle protocol 2 (Python 2's files) up to 5.
@@ -32,12 +35,43 @@ ALLOWED_GLOBALS = frozenset(
 )
 
 
-class ForbiddenGlobal(pickle.UnpicklingError):
+class UnsafeBatch(pickle.UnpicklingError):
+    """The pickle asks for something no data batch does; it was refused, nothing was run."""
+
+
+class ForbiddenGlobal(UnsafeBatch):
     """The pickle names a global that no data batch holds; nothing was called."""
 
     def __init__(self, module: str, name: str) -> None:
         super().__init__(f"it asks for {module}.{name}, which no data batch holds")
         self.module, self.name = module, name
+
+
+class _NdarrayType:
+    """What ``numpy.ndarray`` resolves to: an argument of ``_reconstruct``, never a call.
+
+    Called by the pickle itself, the real class would allocate any shape it names
+    (gigabytes from a few bytes) before a check could run.
+    """
+
+    def __repr__(self) -> str:
+        return "numpy.ndarray"
+
+    def __call__(self, *args: object) -> None:
+        raise UnsafeBatch(f"it calls numpy.ndarray{args!r} itself, which NumPy's pickles never do")
+
+
+NDARRAY = _NdarrayType()
+
+
+def _reconstruct(subtype: object, shape: object, dtype: object) -> np.ndarray:
+    """NumPy's ``_reconstruct`` as ``ndarray.__reduce__`` writes it: an empty array whose
+    ``__setstate__`` then fills it from the pickle's own bytes (so no larger than the file)."""
+    if subtype is not NDARRAY or shape != (0,):
+        raise pickle.UnpicklingError(
+            f"an array rebuilt as {subtype!r}{shape!r}, not as NumPy writes one"
+        )
+    return np.ndarray((0,), dtype=np.dtype(dtype))  # type: ignore[arg-type]
 
 
 class BatchUnpickler(pickle.Unpickler):
@@ -47,6 +81,10 @@ class BatchUnpickler(pickle.Unpickler):
         """Resolve ``module.name`` if a batch may hold it; else raise :class:`ForbiddenGlobal`."""
         if (module, name) not in ALLOWED_GLOBALS:
             raise ForbiddenGlobal(module, name)
+        if name == "ndarray":
+            return NDARRAY
+        if name == "_reconstruct":
+            return _reconstruct
         return super().find_class(module, name)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import pytest
 from study_files import ROOT, tiny_values, toml_text
 from typer.testing import CliRunner
@@ -59,15 +60,31 @@ class RunsACommand:
         return os.system, (self.command,)
 
 
-def crafted_cifar(folder: Path) -> str:
-    """A CIFAR-10 folder whose first batch runs ``touch ran`` when unpickled."""
-    data = folder / "cifar"
-    data.mkdir()
-    crafted = {b"data": RunsACommand(f"touch {folder / 'ran'}"), b"labels": [0]}
-    (data / "data_batch_1").write_bytes(pickle.dumps(crafted, protocol=2))
-    (data / "test_batch").write_bytes((data / "data_batch_1").read_bytes())
-    train = {"data": "cifar10", "data_path": str(data), "model": "convnet"}
-    return toml_text(tiny_values(NAME, train=train))
+def cifar_folder(batch: Callable[[Path], bytes]) -> Callable[[Path], str]:
+    """A study of a CIFAR-10 folder whose batches are ``batch(folder)``."""
+
+    def write(folder: Path) -> str:
+        data = folder / "cifar"
+        data.mkdir()
+        for name in ("data_batch_1", "test_batch"):
+            (data / name).write_bytes(batch(folder))
+        train = {"data": "cifar10", "data_path": str(data), "model": "convnet"}
+        return toml_text(tiny_values(NAME, train=train))
+
+    return write
+
+
+def runs_a_command(folder: Path) -> bytes:
+    """A batch that runs ``touch {folder}/ran`` when plain pickle loads it."""
+    return pickle.dumps({b"data": RunsACommand(f"touch {folder / 'ran'}"), b"labels": [0]}, 2)
+
+
+crafted_cifar = cifar_folder(runs_a_command)
+# numpy.ndarray((1000000, 3072)) called by the pickle itself: 3 GB from 25 bytes.
+ALLOCATES = b"\x80\x02cnumpy\nndarray\nJ\x40\x42\x0f\x00M\x00\x0c\x86\x85R."
+NESTED = [0]
+for _ in range(30):  # 10^30 elements to walk, in a few hundred bytes
+    NESTED = [NESTED] * 10
 
 
 CASES = [
@@ -209,6 +226,27 @@ CASES = [
         crafted_cifar,
         "error: data_path: {folder}/cifar/data_batch_1 is not a CIFAR-10 python batch: "
         "it asks for posix.system, which no data batch holds; nothing in it was run",
+    ),
+    BadInput(
+        "CIFAR-10 batch crafted to allocate gigabytes",
+        cifar_folder(lambda folder: ALLOCATES),
+        "error: data_path: {folder}/cifar/data_batch_1 is not a CIFAR-10 python batch: "
+        "it calls numpy.ndarray((1000000, 3072),) itself, which NumPy's pickles never do",
+    ),
+    BadInput(
+        "CIFAR-10 labels nested to take forever",
+        cifar_folder(
+            lambda folder: pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": NESTED})
+        ),
+        "error: data_path: {folder}/cifar/data_batch_1 is not a CIFAR-10 python batch "
+        "(b'labels' is no list of 0-9)",
+    ),
+    BadInput(
+        "data plugin from the standard library",
+        study(train={"data": "os:system", "data_path": "/tmp"}),
+        "error: data: 'os:system' is in the standard library; a plugin must be a function of "
+        "your own module (a study file's plugins run as code: use only files whose plugins "
+        "you trust)",
     ),
     BadInput(
         "study name reused with a different space",
