@@ -7,7 +7,7 @@
     nox -s lint typecheck
 
 Torch is installed on its own first, as ``torch==2.13.0``: pip's configuration finds
-the local CPU wheel. Left to the package's ``torch>=2.2,<3`` range, pip could resolve
+the local CPU wheel. Left to the package's ``torch>=2.4,<3`` range, pip could resolve
 it to a multi-GB CUDA build from an index.
 """
 

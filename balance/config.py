@@ -136,6 +136,12 @@ class TrainConfig(_Strict):
         "32", description="32, or autocast forward and loss: bf16-mixed, 16-mixed (loss scaled)"
     )
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_number(cls, value: Any) -> Any:
+        # TOML's `precision = 32` is an integer: the name it means, not a type error.
+        return "32" if value == 32 and type(value) is int else value
+
     @field_validator("data")
     @classmethod
     def _data_known(cls, value: str) -> str:
@@ -369,7 +375,10 @@ class StudyConfig(_Strict):
                 f"train.max_lr (got {self.train.max_lr})"
             )
         if self.baseline is not None:
-            baseline = TrainConfig.model_validate({**self.train.model_dump(), **self.baseline})
+            try:
+                baseline = TrainConfig.model_validate({**self.train.model_dump(), **self.baseline})
+            except ValidationError as error:  # named where it is: baseline.<field>
+                raise ValueError("; ".join(format_validation_error(error, "baseline."))) from None
             if baseline.max_lr is None and baseline.batch_size not in self.batch_sizes:
                 raise ValueError(
                     f"baseline needs a max_lr: stage 1 fixes one only at batch sizes "

@@ -27,6 +27,7 @@ transforms too. :func:`check_picklable` tries that before anything runs.
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 from typing import Any
@@ -164,7 +165,8 @@ def _check(obj: object, field: str, what: str, workers: int) -> None:
             f"{field}: workers={workers} start processes that receive {what} by pickling, "
             f"which failed ({type(error).__name__}); {where}, or use workers=1"
         ) from None
-    if b"__main__" in payload and not hasattr(sys.modules.get("__main__"), "__file__"):
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if b"__main__" in payload and not (main_file and os.path.isfile(main_file)):  # `python -`
         raise ConfigError(
             f"{field}: workers={workers} start processes that cannot import {what} from an "
             "interactive session or notebook (__main__ has no file); define it in a module "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -68,10 +68,8 @@ def _reconstruct(subtype: object, shape: object, dtype: object) -> np.ndarray:
     """NumPy's ``_reconstruct`` as ``ndarray.__reduce__`` writes it: an empty array whose
     ``__setstate__`` then fills it from the pickle's own bytes (so no larger than the file)."""
     if subtype is not NDARRAY or shape != (0,):
-        raise pickle.UnpicklingError(
-            f"an array rebuilt as {subtype!r}{shape!r}, not as NumPy writes one"
-        )
-    return np.ndarray((0,), dtype=np.dtype(dtype))  # type: ignore[arg-type]
+        raise UnsafeBatch(f"it rebuilds an array as {subtype!r}{shape!r}, not as NumPy writes one")
+    return np.ndarray((0,), dtype=np.dtype(cast(Any, dtype)))
 
 
 class BatchUnpickler(pickle.Unpickler):

@@ -132,7 +132,14 @@ def load_existing(study_name: str, storage: BaseStorage) -> optuna.Study:
         ConfigError: the storage holds no study of that name.
     """
     try:
-        return optuna.load_study(study_name=study_name, storage=storage)
+        # Placeholders, set explicitly rather than Optuna's default TPE: whoever samples
+        # from the study (run_worker) sets the study's own sampler and pruner first.
+        return optuna.load_study(
+            study_name=study_name,
+            storage=storage,
+            sampler=optuna.samplers.RandomSampler(seed=0),
+            pruner=optuna.pruners.NopPruner(),
+        )
     except KeyError:
         raise ConfigError(
             f"study: no study named {study_name!r} in this storage; start it with `balance sweep`"

@@ -160,6 +160,12 @@ class StreamedSplits:
 
     def _on_device(self, batches: Any) -> Iterator[Batch]:
         for xb, yb in batches:
+            # On the host, before the copy: on CUDA a bad label is a device-side assert.
+            if yb.numel() and not (int(yb.min()) >= 0 and int(yb.max()) < self.num_classes):
+                raise ConfigError(
+                    f"data: a streamed label is outside 0..{self.num_classes - 1} "
+                    f"(got {int(yb.min())}..{int(yb.max())} in one batch)"
+                )
             xb = xb.to(self.device, non_blocking=True)
             yb = yb.to(self.device, non_blocking=True)
             yield (xb if xb.dtype == torch.float32 else xb.float()), yb.long()

@@ -124,6 +124,7 @@ def throwaway_server(*, durable: bool = False) -> Iterator[str]:
             [*initdb, "--auth=trust", "--encoding=UTF8", "--no-sync"],
             check=True,
             capture_output=True,
+            cwd=root,  # the server user may not enter the caller's folder
         )
         options = f"-c listen_addresses=127.0.0.1 -k {root} -c max_connections=200"
         if not durable:
@@ -134,6 +135,7 @@ def throwaway_server(*, durable: bool = False) -> Iterator[str]:
             started = subprocess.run(
                 [*start, "-o", f"{options} -p {port}", "start"],
                 capture_output=True,
+                cwd=root,
                 text=True,
             )
             if started.returncode == 0:
@@ -144,7 +146,7 @@ def throwaway_server(*, durable: bool = False) -> Iterator[str]:
         try:
             yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
         finally:
-            subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True)
+            subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True, cwd=root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

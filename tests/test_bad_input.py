@@ -160,6 +160,11 @@ CASES = [
         "error: range_test.end_lr: Input should be a finite number (got inf)",
     ),
     BadInput(
+        "infinite weight decay in the baseline",
+        study(baseline={"weight_decay": math.inf, "policy": "constant"}),
+        "error: config: baseline.weight_decay: Input should be a finite number (got inf)",
+    ),
+    BadInput(
         "dropout of 1",
         study(search={"dropout": [0.0, 1.0]}),
         "error: search.dropout[1]: Input should be less than 1 (got 1.0)",

@@ -43,10 +43,7 @@ WEIGHT_DECAYS = [1e-3, 0.0, 1e-5, 1e4]
 DROPOUTS = [0.2, 0.0]
 BATCH_SIZES = [128, 64]
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::balance.range_test.RangeTestWarning",
-    "ignore::optuna.exceptions.ExperimentalWarning",
-)
+pytestmark = pytest.mark.filterwarnings("ignore::balance.range_test.RangeTestWarning")
 
 
 def study_config(name: str, **overrides: Any) -> StudyConfig:

@@ -18,10 +18,7 @@ from balance.study import fit_max_lrs
 from balance.study_file import load_study_file
 from balance.train import train
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::balance.range_test.RangeTestWarning",
-    "ignore::optuna.exceptions.ExperimentalWarning",
-)
+pytestmark = pytest.mark.filterwarnings("ignore::balance.range_test.RangeTestWarning")
 
 STUDY_FILES = sorted((ROOT / "studies").glob("*.toml"))
 LOCAL_DATA = ("fashion-mnist", "mnist", "cifar10")  # read from files the user gives

@@ -74,7 +74,9 @@ def param_importances(record: StudyRecord) -> Importances:
         try:
             # In memory; nothing is sampled from it, the sampler is named only to be explicit.
             study = optuna.create_study(
-                direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0)
+                direction="maximize",
+                sampler=optuna.samplers.RandomSampler(seed=0),
+                pruner=optuna.pruners.NopPruner(),
             )
         finally:
             optuna.logging.set_verbosity(verbosity)
@@ -82,6 +84,8 @@ def param_importances(record: StudyRecord) -> Importances:
         values = optuna.importance.get_param_importances(
             study, evaluator=fanova(), params=varying, target=None, normalize=True
         )
-    except (ValueError, RuntimeError) as error:  # Optuna's own refusals, shown in the page
+    # Optuna's own refusals, shown in the page; a Warning only arrives here raised, under a
+    # caller's -W error: it must not end a finished sweep, so it is shown the same way.
+    except (ValueError, RuntimeError, Warning) as error:
         return Importances({}, EVALUATOR, f"optuna could not compute them: {error}")
     return Importances({key: float(value) for key, value in values.items()}, EVALUATOR, None)
