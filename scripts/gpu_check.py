@@ -1,10 +1,12 @@
-"""The GPU check: range test, training in fp32 and bf16, and a 2-worker study on one CUDA device.
+"""The GPU check: range test, fp32, bf16 and fp16 training, a 2-worker study on one CUDA device.
 
-    nox -s gpu                                  # on a CUDA machine; about 2 minutes
+    nox -s gpu                                  # on a CUDA machine
     python scripts/gpu_check.py --device cpu --quick   # the same steps on CPU (a smoke run)
 
 Every figure is measured in this run: samples/s of the same range test and the same
-1cycle run on the CPU and on the device, so the ratios compare like with like. The
+1cycle run on the CPU and on the device (fp32, bf16, fp16 with its loss scaler, and
+bf16 streamed from torch Datasets by 2 loader processes into pinned memory), so the
+ratios compare like with like. The
 study is a 2 x 2 grid with 2 local worker processes sharing the one device in bf16.
 Writes ``--out`` (default ``benchmarks/results/gpu_check.json``) and prints a table.
 Exits 2 when the device is not there: the check never passes without measuring.
@@ -25,8 +27,17 @@ from typing import Any
 
 import optuna
 import torch
+from torch.utils.data import TensorDataset
 
-from balance import RangeTestConfig, StudyConfig, TrainConfig, find_max_lr, sweep, train
+from balance import (
+    RangeTestConfig,
+    StreamingData,
+    StudyConfig,
+    TrainConfig,
+    find_max_lr,
+    sweep,
+    train,
+)
 from balance.config import build
 from balance.data import load_dataset
 from balance.jsonable import jsonable
@@ -63,9 +74,21 @@ def range_test_rate(config: TrainConfig, steps: int) -> dict[str, Any]:
     }
 
 
-def train_rate(config: TrainConfig) -> dict[str, Any]:
+def streamed(workers: int) -> StreamingData:
+    """The same data as torch Datasets, streamed by ``workers`` loader processes."""
+    data = load_dataset(DATA)
+    return StreamingData(
+        TensorDataset(data.x_train, data.y_train),
+        TensorDataset(data.x_test, data.y_test),
+        val=TensorDataset(data.x_val, data.y_val),
+        num_classes=data.num_classes,
+        num_workers=workers,
+    )
+
+
+def train_rate(config: TrainConfig, data: StreamingData | None = None) -> dict[str, Any]:
     """Samples/s and accuracy of one 1cycle run."""
-    result = train(config)
+    result = train(config, data=data)
     final = result.final
     return {
         "samples_per_second": result.samples_per_second,
@@ -127,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             "cpu fp32": train_rate(base("cpu", "32", epochs)),
             "device fp32": train_rate(base(on, "32", epochs)),
             "device bf16": train_rate(base(on, "bf16-mixed", epochs)),
+            "device fp16": train_rate(base(on, "16-mixed", epochs)),  # GradScaler
+            # pinned memory, non-blocking copies, 2 loader processes
+            "device bf16 streamed": train_rate(base(on, "bf16-mixed", epochs), streamed(2)),
         },
         "study": study(on, "bf16-mixed", epochs, workers=2),
     }

@@ -25,7 +25,13 @@ def test_gpu_check_measures_every_row_on_the_cpu(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert set(result["train"]) == {"cpu fp32", "device fp32", "device bf16"}
+    assert set(result["train"]) == {
+        "cpu fp32",
+        "device fp32",
+        "device bf16",
+        "device fp16",
+        "device bf16 streamed",
+    }
     assert set(result["range_test"]) == {"cpu fp32", "device bf16"}
     for row in [*result["train"].values(), *result["range_test"].values()]:
         assert row["samples_per_second"] > 0
