@@ -7,6 +7,7 @@ search axes live in :mod:`balance.search_space` and are re-exported here.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -201,8 +202,9 @@ _Decades = Annotated[float, Field(ge=0.0, le=6.0)]
 class RangeTestConfig(_Strict):
     """Settings of the LR range test (the sweep, its smoothing and its stop)."""
 
-    start_lr: float = Field(1e-5, gt=0.0, description="first LR of the sweep")
-    end_lr: float = Field(10.0, gt=0.0, description="last LR of the sweep")
+    # Bounded: the sweep extends past end_lr by decades, which must stay finite.
+    start_lr: float = Field(1e-5, gt=0.0, le=1e12, description="first LR of the sweep")
+    end_lr: float = Field(10.0, gt=0.0, le=1e12, description="last LR of the sweep")
     num_steps: int = Field(200, ge=5, description="optimizer steps in the sweep")
     mode: SweepMode = Field("exp", description="exp: geometric LR steps; linear: even steps")
     ema_beta: _Beta = Field(0.98, description="causal EMA of the loss the divergence stop watches")
@@ -276,6 +278,8 @@ def trial_config(
     values = {**base_setting(train), **setting}
     multiplier = float(values.pop("lr_multiplier"))
     max_lr = max_lrs[int(values["batch_size"])] * multiplier
+    if not math.isfinite(max_lr):  # each factor is finite; their product may not be
+        raise ConfigError(f"lr_multiplier: {multiplier} x stage 1's max LR is not finite")
     return train.model_copy(update={**values, "max_lr": max_lr})
 
 

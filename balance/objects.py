@@ -17,7 +17,8 @@
 them in what a study stores (its signature, the report). A field the config sets is
 kept as given; one left at its default becomes the object's ``module:qualname``
 (:func:`balance.plugins.object_label`): the factory's, the tensors' type
-(``torch:Tensor``), the train Dataset's class (or ``StreamingData.name``), a
+(``torch:Tensor_<fingerprint>``), the train Dataset's class with a fingerprint (or
+``StreamingData.name``), a
 ``Dataset``'s own ``name``.
 
 **Worker processes** (``workers > 1``) receive the objects by pickling: a factory
@@ -27,6 +28,7 @@ transforms too. :func:`check_picklable` tries that before anything runs.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import sys
@@ -38,7 +40,7 @@ from balance.config import ConfigError, StudyConfig, TrainConfig
 from balance.data import Dataset, as_tensors, load_dataset, split_dataset
 from balance.models import ModelFactory
 from balance.plugins import object_label
-from balance.streaming import StreamedSplits, StreamingData, split_streaming
+from balance.streaming import StreamedSplits, StreamingData, split_streaming, streamed_label
 
 TrainingData = Dataset | StreamedSplits
 """Data ready for a run: tensors in memory or torch Datasets streamed."""
@@ -82,12 +84,29 @@ def resolve_data(data: DataArgument | None, config: TrainConfig) -> TrainingData
 
 
 def data_label(data: DataArgument) -> str:
-    """The name ``data`` gets in a config: see the module docstring."""
+    """The name ``data`` gets in a config: see the module docstring.
+
+    Tensors and streamed Datasets carry a fingerprint after their type's name
+    (``torch:Tensor_<12 hex>``), so a study resumed with other data under the same
+    name is refused as a different study instead of pooling its trials.
+    """
     if isinstance(data, Dataset | StreamedSplits):
         return data.name
     if isinstance(data, StreamingData):
-        return data.name or object_label(type(data.train))
-    return object_label(type(data[0])) if isinstance(data, tuple | list) and data else "python:data"
+        return streamed_label(data)
+    if isinstance(data, tuple | list) and data:
+        return f"{object_label(type(data[0]))}_{_tensor_fingerprint(data)}"
+    return "python:data"
+
+
+def _tensor_fingerprint(parts: tuple[Any, ...] | list[Any]) -> str:
+    """sha256 of the four parts' dtypes, shapes and bytes (a second or so per GB)."""
+    digest = hashlib.sha256()
+    for part in as_tensors(parts, "tensors must be"):
+        array = part.detach().cpu().contiguous().numpy()
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:12]
 
 
 def labelled(

@@ -12,6 +12,7 @@ very same run (without augmentation, which streaming draws per batch).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from balance.config import ConfigError
 from balance.data import augment_images
+from balance.plugins import object_label
 
 Split = Literal["train", "val", "test"]
 Batch = tuple[Tensor, Tensor]
@@ -228,6 +230,21 @@ def _example(dataset: TorchDataset[Any], split: str) -> tuple[Tensor, Tensor]:
     return x, y
 
 
+def streamed_label(data: StreamingData) -> str:
+    """``data.name``, else the train Dataset's ``module:qualname`` and a fingerprint: sha256
+    of the split sizes, the class count and the first training example."""
+    if data.name:
+        return data.name
+    digest = hashlib.sha256()
+    sizes = [len(part) for part in (data.train, data.test, data.val) if part is not None]  # type: ignore[arg-type]
+    digest.update(f"{sizes}{data.num_classes}".encode())
+    first = data.train[0]
+    for item in first if isinstance(first, tuple | list) else (first,):
+        array = torch.as_tensor(item).detach().cpu().contiguous().numpy()
+        digest.update(f"{array.dtype}{array.shape}".encode() + array.tobytes())
+    return f"{object_label(type(data.train))}_{digest.hexdigest()[:12]}"
+
+
 def split_streaming(
     data: StreamingData, *, validation_fraction: float, split_seed: int
 ) -> StreamedSplits:
@@ -269,9 +286,8 @@ def split_streaming(
         train, val = _Rows(data.train, order[n_val:]), _Rows(data.train, order[:n_val])
     else:
         _example(val, "val")
-    kind = type(data.train)
     return StreamedSplits(
-        name=data.name or f"{kind.__module__}:{kind.__qualname__}",
+        name=streamed_label(data),
         train=train,
         val=val,
         test=data.test,

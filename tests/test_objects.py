@@ -188,7 +188,8 @@ def test_streaming_carves_the_validation_split_the_in_memory_path_holds_out() ->
     )
     assert [int(splits.val[i][1]) for i in range(10)] == in_memory.y_val.tolist()
     assert [int(splits.train[i][1]) for i in range(40)] == in_memory.y_train.tolist()
-    assert splits.input_shape == (1, 4) and splits.name == "torch.utils.data.dataset:TensorDataset"
+    assert splits.input_shape == (1, 4)
+    assert re.fullmatch(r"torch\.utils\.data\.dataset:TensorDataset_[0-9a-f]{12}", splits.name)
 
 
 def test_the_range_test_on_streamed_data_draws_the_in_memory_curve(digits: Dataset) -> None:
@@ -271,17 +272,25 @@ def test_a_sweep_of_two_workers_trains_a_module_level_factory_on_tensors(
     signature = stored_signature(stored)
     assert signature is not None
     assert signature["train"]["model"] == "test_objects:TinyNet"
-    assert signature["train"]["data"] == "torch:Tensor"
+    assert re.fullmatch(r"torch:Tensor_[0-9a-f]{12}", signature["train"]["data"])
     # The report is rebuilt under the same labels; the bare study file names other ones.
     assert report(study, root=tmp_path, data=tensors, model=TinyNet).is_file()
     with pytest.raises(ConfigError, match=r"made with a different train"):
         report(study, root=tmp_path)
+    # Other tensors under the same study name: another study, not more trials of this one.
+    other = (tensors[0].flip(0), tensors[1].flip(0), *tensors[2:])
+    with pytest.raises(ConfigError, match=r"made with a different train"):
+        sweep(study, workers=1, root=tmp_path, data=other, model=TinyNet)
 
 
 def test_labels_default_to_the_objects_names_and_keep_the_configs_own() -> None:
     tensors = (torch.zeros(4, 1, 2), torch.zeros(4), torch.zeros(2, 1, 2), torch.zeros(2))
     unset = labelled(TrainConfig(), model=TinyNet, data=tensors)
-    assert (unset.model, unset.data) == ("test_objects:TinyNet", "torch:Tensor")
+    assert unset.model == "test_objects:TinyNet"
+    assert re.fullmatch(r"torch:Tensor_[0-9a-f]{12}", unset.data)
+    other = (tensors[0] + 1, *tensors[1:])  # other inputs: another fingerprint
+    assert labelled(TrainConfig(), data=other).data != unset.data
+    assert labelled(TrainConfig(), data=tuple(t.clone() for t in tensors)).data == unset.data
     anonymous = labelled(TrainConfig(), model=lambda_factory())
     assert anonymous.model == "test_objects:lambda_factory_locals_lambda"  # a label, valid
     named = labelled(TrainConfig(model="mlp", data="digits"), model=TinyNet, data=tensors)

@@ -319,7 +319,7 @@ def _check_sizes(data: TrainingData, batch_size: int, div_factor: float) -> None
             f"batch_size: must be between 1 and the training split size "
             f"({split_size(data, 'train')}), got {batch_size}"
         )
-    if div_factor <= 1:
+    if not div_factor > 1:  # nan too
         raise ConfigError(f"div_factor: must be > 1, got {div_factor}")
 
 
