@@ -115,6 +115,11 @@ CASES = [
         "error: train.optimizer: Input should be 'sgd', 'adam' or 'adamw' (got 'lion')",
     ),
     BadInput(
+        "unknown precision",
+        study(train={"precision": "fp8"}),
+        "error: train.precision: Input should be '32', 'bf16-mixed' or '16-mixed' (got 'fp8')",
+    ),
+    BadInput(
         "unknown sampler",
         study(sampler="cmaes"),
         "error: sampler: Input should be 'grid', 'tpe', 'gp' or 'random' (got 'cmaes')",
