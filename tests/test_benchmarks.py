@@ -25,6 +25,7 @@ SCRIPTS = {
     "racing": {"ratio", "rounds", "matched", "full_kept", "racing_kept", "dropped"},
     "lr_axis": {"studies"},
     "streaming_data": {"ratio", "cases", "repeats"},
+    "packed_trials": {"ratio", "cases", "repeats"},
 }
 
 

@@ -1,0 +1,302 @@
+"""Packed training: K runs that differ only in numbers, trained as one vectorized model.
+
+Members share the data, the model's architecture, the batch size, the optimizer, the
+schedule and its ``max_lr``; each has its own ``weight_decay``, ``dropout`` and
+``seed`` (:data:`MEMBER_FIELDS`). What each member sees is what it would see alone
+(:func:`balance.train.train`):
+
+- its parameters are built by :func:`balance.loop.prepare` for its seed;
+- its batch order is its own ``torch.Generator().manual_seed(seed)``'s permutations,
+  drawn as :func:`balance.data.epoch_batches` draws them (batches are gathered by index
+  into a ``(K, B, ...)`` tensor);
+- its dropout masks come from its own generator, started where the global generator
+  stands after its model was built: on CPU the very masks of its solo run
+  (:mod:`balance.packed_ops`); on CUDA (fused dropout, Philox) the same distribution only;
+- the LR and momentum are :func:`balance.schedule.schedule_values` (the one OneCycleLR),
+  the weight decay rule :func:`balance.optim.parameter_groups`'s.
+
+The result is not bit for bit: vmap runs a member's linear layers as batched matrix
+products and its convolutions as grouped ones, whose sums round differently (about
+1e-7 relative per step). ``tests/test_packed.py`` holds members to their solo runs at a
+stated tolerance. A member whose loss turns non-finite stops alone, at the end of the
+epoch, as a solo run stops; ``mask`` can stop members after any epoch (pruning). A
+member that leaves the pack is dropped from its tensors, so the others go faster.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from balance.config import BUILTIN_MODELS, ConfigError, TrainConfig
+from balance.data import Dataset
+from balance.loop import (
+    EVAL_BATCH_SIZE,
+    Divergence,
+    EpochMetrics,
+    correct_batches,
+    evaluate_batches,
+    prepare,
+    slices,
+    split_batches,
+)
+from balance.objects import DataArgument
+from balance.packed_ops import StackedModel, StackedOptimizer, decayed_names, load_member
+from balance.runs import pack_correct
+from balance.schedule import ScheduleTrace, schedule_values
+from balance.streaming import StreamedSplits, StreamingData
+from balance.train import TrainResult
+
+MEMBER_FIELDS = ("weight_decay", "dropout", "seed")
+"""The fields members of one pack may differ in; every other field is shared."""
+
+MemberMask = Callable[[dict[int, EpochMetrics]], Collection[int] | None]
+"""Called after every epoch with the metrics of the members still training (by their
+index in ``configs``); returns the indices that go on (``None``: all of them)."""
+
+
+def can_pack(config: TrainConfig, *, data: DataArgument | None = None) -> str | None:
+    """Why ``config`` cannot train as a packed member, in one line; ``None`` if it can.
+
+    ``data`` is the Python API's data object, when one stands in for ``config.data``.
+    BatchNorm packs (its running statistics are stacked buffers); user models do not,
+    since nothing says they are functional (a ``F.dropout`` in a ``forward`` would draw
+    one mask for all members).
+    """
+    if config.model not in BUILTIN_MODELS:
+        return f"model: {config.model!r} is a user model; only built-in models pack"
+    if config.max_lr is None:
+        return "max_lr: members need a fixed max_lr (the range test runs alone)"
+    if config.precision != "32":
+        return f"precision: {config.precision!r} trains one at a time; packing runs 32 only"
+    if config.augment:
+        return "augment: augmented runs train one at a time"
+    if isinstance(data, StreamingData | StreamedSplits):
+        return "data: streamed data sets train one at a time; packing needs in-memory tensors"
+    return None
+
+
+def pack_reason(configs: Sequence[TrainConfig], *, data: DataArgument | None = None) -> str | None:
+    """Why ``configs`` cannot train as one pack, in one line; ``None`` if they can."""
+    if not configs:
+        return "configs: a pack needs at least one member"
+    reason = next((r for c in configs if (r := can_pack(c, data=data)) is not None), None)
+    if reason is not None:
+        return reason
+    shared = configs[0].model_dump(exclude=set(MEMBER_FIELDS))
+    for config in configs[1:]:
+        other = config.model_dump(exclude=set(MEMBER_FIELDS))
+        differ = sorted(key for key in shared if shared[key] != other[key])
+        if differ:
+            return (
+                f"{', '.join(differ)}: members of a pack may differ only in "
+                f"{', '.join(MEMBER_FIELDS)}"
+            )
+    return None
+
+
+@dataclass
+class _Member:
+    """What one member has gathered so far."""
+
+    config: TrainConfig
+    network: nn.Module  # its solo-built module; its tensors are copied back when it leaves
+    history: list[EpochMetrics]
+    steps: int = 0
+    train_time: float = 0.0
+    diverged: Divergence | None = None
+
+
+def _member_losses(logits: Tensor, targets: Tensor) -> Tensor:
+    """Each member's mean cross-entropy ``(K,)`` of its logits ``(K, B, C)``."""
+    return torch.vmap(nn.functional.cross_entropy)(logits, targets)
+
+
+def _evaluate(model: StackedModel, x: Tensor, y: Tensor) -> tuple[list[float], list[float]]:
+    """Every member's mean cross-entropy and accuracy on ``(x, y)``, eval mode, one sync."""
+    k = model.size
+    loss_sum = torch.zeros(k, device=x.device)
+    correct = torch.zeros(k, device=x.device, dtype=torch.long)
+    for xb, yb in slices(x, y, EVAL_BATCH_SIZE):
+        logits = model.forward_eval(xb)
+        flat = nn.functional.cross_entropy(
+            logits.flatten(0, 1), yb.repeat(k), reduction="none"
+        ).view(k, -1)
+        loss_sum += flat.sum(1)
+        correct += (logits.argmax(-1) == yb).sum(1)
+    losses, hits = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
+    return [value / len(y) for value in losses], [value / len(y) for value in hits]
+
+
+def _dropout_generator(device: torch.device, seed: int) -> torch.Generator:
+    """The generator a solo run's dropout draws from, as it stands after the model was built."""
+    if device.type == "cpu":
+        generator = torch.Generator()
+        generator.set_state(torch.get_rng_state())
+        return generator
+    return torch.Generator(device=device).manual_seed(seed)  # the same distribution only
+
+
+def train_packed(
+    configs: Sequence[TrainConfig],
+    *,
+    data: DataArgument | None = None,
+    mask: MemberMask | None = None,
+    evaluate_test: bool = False,
+) -> list[TrainResult]:
+    """Train ``configs`` as one packed model; one :class:`TrainResult` per config, in order.
+
+    Each result is what :func:`balance.train.train` returns for that config (to the
+    tolerance in the module's docstring): its epochs, LR and momentum traces,
+    divergence, packed validation correctness and, with ``evaluate_test``, test
+    figures. A member ``mask`` stopped has its epochs so far and no divergence.
+    ``train_time`` is the time of the packed epochs the member took part in, so its
+    ``samples_per_second`` is its own share; the pack's rate is their sum.
+
+    Raises:
+        ConfigError: the configs cannot pack (:func:`pack_reason`'s line).
+    """
+    reason = pack_reason(configs, data=data)
+    if reason is not None:
+        raise ConfigError(reason)
+    started = time.perf_counter()
+    members, generators = [], []
+    resolved: DataArgument | None = data
+    for config in configs:
+        resolved, network, device = prepare(config, resolved)
+        members.append(_Member(config, network, []))
+        generators.append(_dropout_generator(device, config.seed))
+    if not isinstance(resolved, Dataset):  # can_pack turned streamed data away
+        raise ConfigError("data: packing needs in-memory tensors")
+    dataset, first = resolved, configs[0]
+    steps_per_epoch = math.ceil(len(dataset.y_train) / first.batch_size)
+    trace = schedule_values(first, first.epochs * steps_per_epoch, float(first.max_lr or 0.0))
+    model = StackedModel([m.network for m in members], [c.dropout for c in configs], generators)
+    decayed = decayed_names(members[0].network, first)
+    optimizer = StackedOptimizer(first, [c.weight_decay for c in configs], decayed)
+    _train(model, optimizer, members, dataset, trace, mask)
+    return [_result(member, dataset, trace, started, evaluate_test) for member in members]
+
+
+def _train(
+    model: StackedModel,
+    optimizer: StackedOptimizer,
+    members: list[_Member],
+    data: Dataset,
+    trace: ScheduleTrace,
+    mask: MemberMask | None,
+) -> None:
+    """The packed loop: every member's epochs, until each finishes, diverges or is masked."""
+    first = members[0].config
+    batch_size, n_train = first.batch_size, len(data.y_train)
+    device = data.x_train.device
+    orders = [torch.Generator(device=device).manual_seed(m.config.seed) for m in members]
+    active = list(range(len(members)))  # row r of the stacked tensors is members[active[r]]
+    step = 0
+    for epoch in range(1, first.epochs + 1):
+        started, epoch_first = time.perf_counter(), step
+        # epoch_batches's draw, one permutation per member, gathered by index per step
+        order = torch.stack(
+            [torch.randperm(n_train, device=device, generator=orders[i]) for i in active]
+        )
+        epoch_losses: list[Tensor] = []
+        for start in range(0, n_train, batch_size):
+            index = order[:, start : start + batch_size]
+            loss = _member_losses(model.forward_train(data.x_train[index]), data.y_train[index])
+            grads = torch.autograd.grad(loss.sum(), list(model.params.values()))
+            optimizer.step(model.params, grads, trace.lr[step], trace.momentum[step])
+            epoch_losses.append(loss.detach())
+            step += 1
+        losses = torch.stack(epoch_losses).T.tolist()  # the epoch's one host sync
+        elapsed = time.perf_counter() - started
+        val_losses, val_accuracies = _evaluate(model, data.x_val, data.y_val)
+        metrics: dict[int, EpochMetrics] = {}
+        for row, i in enumerate(active):
+            member = members[i]
+            member.steps, member.train_time = step, member.train_time + elapsed
+            member.diverged = _divergence(losses[row], val_losses[row], epoch_first, trace.lr)
+            if member.diverged is not None:
+                continue
+            metrics[i] = EpochMetrics(
+                epoch=epoch,
+                step=step,
+                train_loss=sum(losses[row]) / len(losses[row]),
+                val_loss=val_losses[row],
+                val_accuracy=val_accuracies[row],
+                lr=trace.lr[step - 1],
+                momentum=trace.momentum[step - 1],
+            )
+            member.history.append(metrics[i])
+        going = set(metrics)
+        if mask is not None and metrics:
+            chosen = mask(dict(metrics))
+            going &= set(metrics) if chosen is None else set(chosen)
+        if epoch == first.epochs:
+            going = set()
+        rows = [row for row, i in enumerate(active) if i in going]
+        for row, i in enumerate(active):
+            if i not in going:
+                load_member(members[i].network, model.member_state(row))
+        if len(rows) < len(active) and rows:
+            model.keep(rows)
+            optimizer.keep(rows)
+        active = [active[row] for row in rows]
+        if not active:
+            return
+
+
+def _divergence(
+    losses: list[float], val_loss: float, epoch_first: int, lrs: list[float]
+) -> Divergence | None:
+    """A solo run's divergence check at the end of an epoch (:func:`balance.loop.fit`)."""
+    bad = next((i for i, value in enumerate(losses) if not math.isfinite(value)), None)
+    if bad is not None:
+        at = epoch_first + bad
+        return Divergence(step=at, lr=lrs[at], loss=losses[bad])
+    if not math.isfinite(val_loss):  # the epoch's last update blew the weights up
+        at = epoch_first + len(losses) - 1
+        return Divergence(step=at, lr=lrs[at], loss=val_loss)
+    return None
+
+
+def _result(
+    member: _Member, data: Dataset, trace: ScheduleTrace, started: float, evaluate_test: bool
+) -> TrainResult:
+    """One member's :class:`TrainResult`, its figures measured on its own module."""
+    config, network = member.config, member.network
+    device = data.x_train.device
+    n_train = len(data.y_train)
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    val_correct = val_examples = test_correct = test_examples = None
+    test_loss = test_accuracy = None
+    if member.diverged is None and member.history:
+        hits = correct_batches(network, split_batches(data, "val"), device)
+        val_correct, val_examples = pack_correct(hits.numpy()), len(hits)
+    if evaluate_test and member.diverged is None:
+        test_loss, test_accuracy = evaluate_batches(network, split_batches(data, "test"), device)
+        hits = correct_batches(network, split_batches(data, "test"), device)
+        test_correct, test_examples = pack_correct(hits.numpy()), len(hits)
+    samples = n_train * math.ceil(member.steps / steps_per_epoch)
+    return TrainResult(
+        max_lr=float(config.max_lr or 0.0),
+        batch_size=config.batch_size,
+        epochs=member.history,
+        lr_trace=trace.lr[: member.steps],
+        momentum_trace=trace.momentum[: member.steps],
+        wall_time=time.perf_counter() - started,
+        train_time=member.train_time,
+        samples_per_second=samples / member.train_time if member.train_time > 0 else 0.0,
+        diverged=member.diverged,
+        test_loss=test_loss,
+        test_accuracy=test_accuracy,
+        val_correct=val_correct,
+        val_examples=val_examples,
+        test_correct=test_correct,
+        test_examples=test_examples,
+        model=network,
+    )

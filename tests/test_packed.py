@@ -1,0 +1,159 @@
+"""Packed members train as they would alone (balance.packed), to a stated tolerance.
+
+vmap runs a member's layers as batched matrix products and grouped convolutions, whose
+sums round differently from the solo kernels: losses agree to ``RELATIVE`` (seen: about
+1e-7 after a few hundred steps), accuracy counts and per-example correctness exactly.
+Dropout masks come from per-member generators in the solo run's order, so members with
+dropout are held to the same tolerance as members without.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+from torch.utils.data import TensorDataset
+
+from balance.config import ConfigError, TrainConfig
+from balance.data import Dataset, load_dataset
+from balance.packed import can_pack, pack_reason, train_packed
+from balance.streaming import StreamingData
+from balance.train import TrainResult, train
+
+RELATIVE = 1e-5
+
+DIGITS = TrainConfig(data="digits", model="mlp", max_lr=0.1, epochs=3, batch_size=32, threads=1)
+
+
+def assert_matches(solo: TrainResult, packed: TrainResult) -> None:
+    assert len(packed.epochs) == len(solo.epochs)
+    for alone, member in zip(solo.epochs, packed.epochs, strict=True):
+        assert member.train_loss == pytest.approx(alone.train_loss, rel=RELATIVE)
+        assert member.val_loss == pytest.approx(alone.val_loss, rel=RELATIVE)
+        assert member.val_accuracy == alone.val_accuracy
+        assert (member.epoch, member.step, member.lr, member.momentum) == (
+            alone.epoch,
+            alone.step,
+            alone.lr,
+            alone.momentum,
+        )
+    assert packed.lr_trace == solo.lr_trace
+    assert packed.momentum_trace == solo.momentum_trace
+    assert packed.val_correct == solo.val_correct
+    assert packed.val_examples == solo.val_examples
+
+
+@pytest.fixture(scope="module")
+def mnist1d() -> Dataset:
+    """1,000 training and 300 validation examples of MNIST-1D: two epochs in a blink."""
+    full = load_dataset("mnist1d", validation_fraction=0.1)
+    return replace(
+        full,
+        x_train=full.x_train[:1000].contiguous(),
+        y_train=full.y_train[:1000].contiguous(),
+        x_val=full.x_val[:300].contiguous(),
+        y_val=full.y_val[:300].contiguous(),
+    )
+
+
+def test_mlp_members_with_and_without_dropout_match_their_solo_runs(digits: Dataset) -> None:
+    updates = [
+        {"seed": 0, "weight_decay": 0.0, "dropout": 0.0},
+        {"seed": 1, "weight_decay": 1e-3, "dropout": 0.0},
+        {"seed": 2, "weight_decay": 5e-4, "dropout": 0.2},
+        {"seed": 0, "weight_decay": 0.0, "dropout": 0.1},
+    ]
+    configs = [DIGITS.model_copy(update=update) for update in updates]
+    packed = train_packed(configs, data=digits, evaluate_test=True)
+    for config, member in zip(configs, packed, strict=True):
+        solo = train(config, data=digits, evaluate_test=True)
+        assert_matches(solo, member)
+        assert member.test_correct == solo.test_correct
+        assert member.test_accuracy == solo.test_accuracy
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adam_members_match_their_solo_runs(digits: Dataset, optimizer: str) -> None:
+    base = DIGITS.model_copy(update={"optimizer": optimizer, "max_lr": 3e-3, "epochs": 2})
+    configs = [
+        base.model_copy(update={"seed": s, "weight_decay": wd}) for s, wd in [(0, 0), (1, 1e-2)]
+    ]
+    for config, member in zip(configs, train_packed(configs, data=digits), strict=True):
+        assert_matches(train(config, data=digits), member)
+
+
+def test_cnn1d_members_with_batchnorm_match_their_solo_runs(mnist1d: Dataset) -> None:
+    base = TrainConfig(model="cnn1d", max_lr=0.1, epochs=2, batch_size=100, threads=1)
+    updates = [{"seed": 0, "weight_decay": 0.0}, {"seed": 1, "dropout": 0.2}, {"seed": 2}]
+    configs = [base.model_copy(update=update) for update in updates]
+    packed = train_packed(configs, data=mnist1d)
+    for config, member in zip(configs, packed, strict=True):
+        solo = train(config, data=mnist1d)
+        assert_matches(solo, member)
+        # the running statistics came back into the member's module
+        for (name, alone), (_, mine) in zip(
+            solo.model.state_dict().items(), member.model.state_dict().items(), strict=True
+        ):
+            assert mine.float().allclose(alone.float(), rtol=1e-4, atol=1e-6), name
+
+
+def test_a_diverging_member_stops_alone(digits: Dataset) -> None:
+    # w -= 0.1 * 100 * w every step: the weights grow tenfold a step and overflow
+    configs = [
+        DIGITS.model_copy(update={"seed": s, "weight_decay": wd})
+        for s, wd in [(0, 0.0), (1, 100.0), (2, 1e-3)]
+    ]
+    packed = train_packed(configs, data=digits)
+    solos = [train(config, data=digits) for config in configs]
+    assert solos[1].diverged is not None and packed[1].diverged is not None
+    assert packed[1].diverged.step == solos[1].diverged.step
+    assert len(packed[1].epochs) == len(solos[1].epochs)  # the epochs before it blew up
+    assert packed[1].steps == solos[1].steps and packed[1].val_correct is None
+    assert not math.isfinite(packed[1].diverged.loss)
+    for index in (0, 2):
+        assert packed[index].diverged is None
+        assert_matches(solos[index], packed[index])
+
+
+def test_mask_stops_members_and_the_rest_go_on(digits: Dataset) -> None:
+    configs = [DIGITS.model_copy(update={"seed": s}) for s in range(3)]
+    seen: list[list[int]] = []
+
+    def prune(metrics: dict) -> list[int]:
+        seen.append(sorted(metrics))
+        return [index for index in metrics if index != 1]  # member 1 stops after epoch 1
+
+    packed = train_packed(configs, data=digits, mask=prune)
+    assert seen == [[0, 1, 2], [0, 2], [0, 2]]
+    assert len(packed[1].epochs) == 1 and packed[1].diverged is None
+    solo = train(configs[1].model_copy(update={"epochs": 3}), data=digits)
+    assert packed[1].epochs[0].train_loss == pytest.approx(solo.epochs[0].train_loss, rel=RELATIVE)
+    for index in (0, 2):
+        assert_matches(train(configs[index], data=digits), packed[index])
+
+
+def test_can_pack_says_why_not_in_one_line(digits: Dataset) -> None:
+    assert can_pack(DIGITS) is None
+    assert can_pack(TrainConfig(model="cnn1d", max_lr=0.1)) is None  # BatchNorm packs
+    reasons = {
+        "model": DIGITS.model_copy(update={"model": "tests.plugins:tiny"}),
+        "max_lr": DIGITS.model_copy(update={"max_lr": None}),
+        "precision": DIGITS.model_copy(update={"precision": "bf16-mixed"}),
+        "augment": DIGITS.model_copy(update={"augment": True}),
+    }
+    for field, config in reasons.items():
+        reason = can_pack(config)
+        assert reason is not None and reason.startswith(f"{field}:") and "\n" not in reason
+    streamed = StreamingData(
+        TensorDataset(digits.x_train, digits.y_train),
+        TensorDataset(digits.x_test, digits.y_test),
+        num_classes=10,
+    )
+    assert (can_pack(DIGITS, data=streamed) or "").startswith("data:")
+    mixed = [DIGITS, DIGITS.model_copy(update={"batch_size": 64, "epochs": 4})]
+    assert pack_reason(mixed) == (
+        "batch_size, epochs: members of a pack may differ only in weight_decay, dropout, seed"
+    )
+    with pytest.raises(ConfigError, match=r"^batch_size, epochs: "):
+        train_packed(mixed, data=digits)
