@@ -324,6 +324,14 @@ def validate_command(study_file: StudyArg) -> None:
     typer.echo(f"{study_file}: ok ({config.name}: {kind} x {config.seeds} seeds)")
 
 
+PackOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1, help="queued grid trials a worker trains at once, packed [default: the file's]"
+    ),
+]
+
+
 @app.command("sweep")
 def sweep_command(
     study_file: StudyArg,
@@ -333,6 +341,7 @@ def sweep_command(
     ] = None,
     root: RootOpt = DEFAULT_ROOT,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    pack: PackOpt = None,
 ) -> None:
     """Run (or resume) a study: range test per batch size, the sweep, the test split, the report."""
     config = _load_study(study_file)
@@ -361,6 +370,7 @@ def sweep_command(
                 config,
                 storage=url,
                 workers=workers,
+                pack=pack,
                 root=root,
                 on_progress=on_progress,
                 study_file=study_file,
@@ -377,6 +387,7 @@ def worker_command(
     storage: Annotated[str, typer.Option(help="storage URL of the running study")],
     threads: Annotated[int | None, typer.Option(min=1, help="torch threads")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N")] = None,
+    pack: PackOpt = None,
 ) -> None:
     """Join a study that `balance sweep` started (on any machine) and run trials until done."""
     config = _load_study(study_file)
@@ -384,7 +395,7 @@ def worker_command(
 
     _quiet_optuna()
     with user_errors(), _interruptible(config.name, storage):
-        ran = run_worker(config, storage, threads=threads, device=device)
+        ran = run_worker(config, storage, threads=threads, device=device, pack=pack)
     typer.echo(f"worker done: ran {ran} trials of {config.name!r}")
 
 

@@ -344,6 +344,11 @@ class StudyConfig(_Strict):
     )
     storage: str | None = Field(None, description="Optuna storage URL (default: journal file)")
     workers: int = Field(1, ge=1, description="local worker processes")
+    pack: int = Field(
+        1,
+        ge=1,
+        description="grid trials a worker trains at once as one packed model (1: one at a time)",
+    )
     baseline: dict[str, Any] | None = Field(
         None, description="TrainConfig fields overriding train for the baseline run"
     )
@@ -370,6 +375,9 @@ class StudyConfig(_Strict):
                 "race = true needs sampler 'grid', seeds >= 2 (one seed cannot measure the "
                 f"seed noise) and max_seeds above seeds ({self.seeds})"
             )
+        problem = pack_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
         if self.lr_scaling == "fit" and (
             self.train.max_lr is not None or len(self.batch_sizes) < 3
         ):
@@ -411,3 +419,21 @@ class StudyConfig(_Strict):
             "lr_scaling": self.lr_scaling,
             "train": self.train.model_dump(mode="json", exclude={"threads", "device"}),
         }
+
+
+def pack_problem(config: StudyConfig, pack: int | None = None) -> str | None:
+    """Why ``pack`` (default: the file's) cannot be used with this study; ``None`` if it can.
+
+    Packing trains queued grid cells together to the end, so it needs the grid
+    sampler, no pruner and no racing (whose rounds hand out seeds one round at a time).
+    """
+    pack = config.pack if pack is None else pack
+    if pack < 1:
+        return f"pack: must be >= 1, got {pack}"
+    if pack > 1 and (config.sampler != "grid" or config.pruner != "none" or config.race):
+        return (
+            f"pack = {pack} trains queued grid cells together: it needs sampler 'grid', "
+            f"pruner 'none' and race = false (got sampler {config.sampler!r}, "
+            f"pruner {config.pruner!r}, race = {str(config.race).lower()})"
+        )
+    return None

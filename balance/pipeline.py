@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 
 from balance.analysis import summarize, trials_frame
-from balance.config import ConfigError, StudyConfig
+from balance.config import ConfigError, StudyConfig, pack_problem
 from balance.jsonable import write_json
 from balance.loop import split_size
 from balance.models import ModelFactory, build_model
@@ -171,6 +171,7 @@ def sweep(
     study_file: Path | None = None,
     data: DataArgument | None = None,
     model: ModelFactory | None = None,
+    pack: int | None = None,
 ) -> SweepResult:
     """Run a whole study: stage 1 (max LR per batch size), stage 2 (the sweep), test, results.
 
@@ -179,6 +180,8 @@ def sweep(
     only names the file in the report. ``data`` and ``model`` are Python objects in
     place of ``train.data`` and ``train.model`` (:mod:`balance.objects`); the study is
     stored under their labels, and with ``workers > 1`` they must pickle (checked first).
+    ``pack`` (default: the file's ``pack``): each worker trains up to that many queued
+    grid trials at once as one packed model.
 
     Example:
         >>> from balance import load_study_file, sweep
@@ -189,10 +192,17 @@ def sweep(
     if n_workers < 1:
         raise ConfigError(f"workers: must be >= 1, got {n_workers}")
     check_picklable(n_workers, model=model, data=data)
+    problem = pack_problem(config, pack)
+    if problem is not None:
+        raise ConfigError(problem)
     config = labelled_study(config, model=model, data=data)
     prepared = preflight(config, data=data, model=model)
     # Workers load data named in the config themselves; objects are handed to them split.
-    objects: dict[str, Any] = {"data": None if data is None else prepared, "model": model}
+    objects: dict[str, Any] = {
+        "data": None if data is None else prepared,
+        "model": model,
+        "pack": pack,
+    }
     url = storage_url(config, storage, root)
     prepare(config, url, prepared, model)
     run_workers(config, url, n_workers, on_progress, **objects)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import threading
 import warnings
 from pathlib import Path
 
@@ -179,3 +180,55 @@ def trial_id(storage: BaseStorage, study_name: str, number: int) -> int:
     """
     study_id = storage.get_study_id_from_name(study_name)
     return storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
+class Heartbeats:
+    """Heartbeats for trials this process claimed with ``study.ask()`` (packed workers).
+
+    ``study.optimize`` beats for its one trial itself; a worker that claims several
+    trials and finishes them with ``study.tell`` beats for each here, every interval
+    of the storage, through ``RDBStorage.record_heartbeat`` (public on the storage,
+    though Optuna documents its heartbeat classes as internal). Journal files have no
+    heartbeat: then this does nothing.
+    """
+
+    def __init__(self, storage: BaseStorage, study_name: str) -> None:
+        self.storage = storage if has_heartbeat(storage) else None
+        self.study_name = study_name
+        self.ids: dict[int, int] = {}  # trial number -> storage id
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def add(self, number: int) -> None:
+        """Beat for trial ``number`` from now on (one beat at once)."""
+        storage = self.storage
+        if not isinstance(storage, RDBStorage):
+            return
+        tid = trial_id(storage, self.study_name, number)
+        storage.record_heartbeat(tid)
+        with self.lock:
+            self.ids[number] = tid
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._beat, args=(storage,), daemon=True)
+            self.thread.start()
+
+    def remove(self, number: int) -> None:
+        """Stop beating for trial ``number`` (it finished)."""
+        with self.lock:
+            self.ids.pop(number, None)
+
+    def close(self) -> None:
+        """Stop the beating thread."""
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+    def _beat(self, storage: RDBStorage) -> None:
+        interval = storage.get_heartbeat_interval() or HEARTBEAT_INTERVAL_S
+        while not self.stopping.wait(interval):
+            with self.lock:
+                ids = list(self.ids.values())
+            for tid in ids:
+                storage.record_heartbeat(tid)

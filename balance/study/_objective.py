@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import statistics
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -28,7 +29,7 @@ from balance.objects import TrainingData
 from balance.optim import build_optimizer
 from balance.runs import RunDivergence, SeedRun
 from balance.study._stopping import stop_allowed, stop_deferred
-from balance.train import train
+from balance.train import TrainResult, train
 
 
 class TrainingDiverged(Exception):
@@ -118,15 +119,19 @@ class Objective:
             }
         )
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        """Train every seed of the trial's setting; return the mean validation accuracy."""
+    def plan(self, trial: optuna.Trial) -> TrialPlan | None:
+        """Claim a trial and record its cell; ``None`` for a surplus grid trial.
+
+        A surplus trial (a grid trial Optuna made up because the queue ran dry) is
+        marked as such and trains nothing: the caller prunes it.
+        """
         record.claim_trial(trial, worker_identity())
         if self.config.sampler == "grid" and record.queued_cell(trial) is None:
             # Only queued cells (enqueued with their key) are trained: a trial Optuna
             # created because the queue ran dry under a racing worker would repeat a
             # cell, so it stops at once.
             record.mark_surplus(trial)
-            raise optuna.TrialPruned("grid queue empty: no cell to claim")
+            return None
         params = suggest(trial, self.config.search, self.base)
         run_config = trial_config(self.base, params, self.max_lrs)
         max_lr = float(run_config.max_lr or 0.0)
@@ -135,9 +140,16 @@ class Objective:
         count = record.queued_seed_count(trial) or self.config.seeds  # a racing round's own
         seeds = fresh_seeds(self.base.seed, count, record.taken_seeds(trial, key))
         record.set_cell(trial, key, max_lr, seeds)
+        return TrialPlan(trial, run_config, seeds)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        """Train every seed of the trial's setting; return the mean validation accuracy."""
+        plan = self.plan(trial)
+        if plan is None:
+            raise optuna.TrialPruned(SURPLUS_MESSAGE)
         epochs = self.base.epochs
         runs: list[SeedRun] = []
-        for index, seed in enumerate(seeds):
+        for index, seed in enumerate(plan.seeds):
             history: list[EpochMetrics] = []
 
             def report(
@@ -158,16 +170,51 @@ class Objective:
                 if prune:
                     raise optuna.TrialPruned(f"pruned at seed {seed}, epoch {metrics.epoch}")
 
-            config = run_config.model_copy(update={"seed": seed})
             with stop_allowed():
-                result = train(config, data=self.data, model=self.model, callback=report)
-            runs.append(SeedRun.from_history(seed, history, result))
-            record.save_runs(trial, runs)
-            if result.diverged is not None:
-                divergence = RunDivergence(result.diverged.step, result.diverged.lr)
-                record.mark_diverged(trial, seed, divergence)
-                raise TrainingDiverged(
-                    f"seed {seed} diverged at step {divergence.step} (lr {divergence.lr:.3g})"
-                )
-        record.save_means(trial, runs)
-        return statistics.fmean(run.val_accuracy for run in runs if run.val_accuracy is not None)
+                result = train(plan.member(seed), data=self.data, model=self.model, callback=report)
+            save_seed(trial, runs, seed, history, result)
+        return finish(trial, runs)
+
+
+SURPLUS_MESSAGE = "grid queue empty: no cell to claim"
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """A claimed trial's run configuration and the seeds it trains."""
+
+    trial: optuna.Trial
+    config: TrainConfig
+    seeds: list[int]
+
+    def member(self, seed: int) -> TrainConfig:
+        """The training run of one of its seeds."""
+        return self.config.model_copy(update={"seed": seed})
+
+
+def save_seed(
+    trial: optuna.Trial,
+    runs: list[SeedRun],
+    seed: int,
+    history: list[EpochMetrics],
+    result: TrainResult,
+) -> None:
+    """Record a seed's finished run (appended to ``runs``); a diverged one fails the trial.
+
+    Raises:
+        TrainingDiverged: the seed's loss became non-finite (recorded first).
+    """
+    runs.append(SeedRun.from_history(seed, history, result))
+    record.save_runs(trial, runs)
+    if result.diverged is not None:
+        divergence = RunDivergence(result.diverged.step, result.diverged.lr)
+        record.mark_diverged(trial, seed, divergence)
+        raise TrainingDiverged(
+            f"seed {seed} diverged at step {divergence.step} (lr {divergence.lr:.3g})"
+        )
+
+
+def finish(trial: optuna.Trial, runs: list[SeedRun]) -> float:
+    """Record the means over a trial's seeds; return its value, the mean validation accuracy."""
+    record.save_means(trial, runs)
+    return statistics.fmean(run.val_accuracy for run in runs if run.val_accuracy is not None)

@@ -13,12 +13,13 @@ from typing import Any
 
 import optuna
 
-from balance.config import ConfigError, StudyConfig
+from balance.config import ConfigError, StudyConfig, pack_problem
 from balance.models import ModelFactory
 from balance.objects import DataArgument, TrainingData, check_picklable, resolve_data
 from balance.record import StageOne
 from balance.storage import open_existing
 from balance.study._objective import Objective, TrainingDiverged
+from balance.study._packing import PackedWorker
 from balance.study._queue import (
     Progress,
     has_work,
@@ -71,6 +72,7 @@ def run_worker(
     on_progress: ProgressCallback | None = None,
     data: DataArgument | None = None,
     model: ModelFactory | None = None,
+    pack: int | None = None,
 ) -> int:
     """Join the study at ``url`` and run trials until none is left; return how many ran.
 
@@ -82,7 +84,13 @@ def run_worker(
     (``KeyboardInterrupt``), a worker queues its cell again and re-raises.
     ``data`` and ``model``: Python objects in place of ``train.data`` and
     ``train.model`` (:mod:`balance.objects`); every worker of the study needs the same.
+    ``pack`` (default: the study file's): train up to that many queued grid trials at
+    once as one packed model (:class:`balance.study._packing.PackedWorker`).
     """
+    pack = config.pack if pack is None else pack
+    problem = pack_problem(config, pack)
+    if problem is not None:
+        raise ConfigError(problem)
     study, storage = open_existing(config.name, url)
     study.sampler = make_sampler(config, worker_index)
     study.pruner = make_pruner(config)
@@ -97,10 +105,15 @@ def run_worker(
         device=device,
         model=model,
     )
+    packer = PackedWorker(study, storage, objective, pack) if pack > 1 else None
     ran = 0
     try:
         while True:
-            if has_work(study, config):
+            if packer is not None and packer.has_work():
+                ran += packer.run_pack()
+                if on_progress is not None:
+                    on_progress(progress_of(study, config))
+            elif packer is None and has_work(study, config):
                 run_one_trial(study, objective)
                 ran += 1
                 if on_progress is not None:
@@ -112,6 +125,9 @@ def run_worker(
     except KeyboardInterrupt:
         requeue_interrupted(study, config)
         raise
+    finally:
+        if packer is not None:
+            packer.close()
 
 
 def _stop_once(signum: int, frame: Any) -> None:
@@ -180,6 +196,7 @@ def run_workers(
     *,
     data: DataArgument | None = None,
     model: ModelFactory | None = None,
+    pack: int | None = None,
 ) -> None:
     """Run ``workers`` local worker processes and report progress while they work.
 
@@ -194,7 +211,7 @@ def run_workers(
             finished the work first.
     """
     plan = worker_plan(config, workers)
-    objects: dict[str, Any] = {"data": data, "model": model}
+    objects: dict[str, Any] = {"data": data, "model": model, "pack": pack}
     if workers == 1:
         threads, device = plan[0]
         run_worker(config, url, threads=threads, device=device, on_progress=on_progress, **objects)
