@@ -39,18 +39,14 @@ from balance.loop import (
     EVAL_BATCH_SIZE,
     Divergence,
     EpochMetrics,
-    correct_batches,
-    evaluate_batches,
     prepare,
     slices,
-    split_batches,
 )
 from balance.objects import DataArgument
 from balance.packed_ops import StackedModel, StackedOptimizer, decayed_names, load_member
-from balance.runs import pack_correct
 from balance.schedule import ScheduleTrace, schedule_values
 from balance.streaming import StreamedSplits, StreamingData
-from balance.train import TrainResult
+from balance.train import TrainResult, finish_run
 
 MEMBER_FIELDS = ("weight_decay", "dropout", "seed")
 """The fields members of one pack may differ in; every other field is shared."""
@@ -268,35 +264,15 @@ def _result(
     member: _Member, data: Dataset, trace: ScheduleTrace, started: float, evaluate_test: bool
 ) -> TrainResult:
     """One member's :class:`TrainResult`, its figures measured on its own module."""
-    config, network = member.config, member.network
-    device = data.x_train.device
-    n_train = len(data.y_train)
-    steps_per_epoch = math.ceil(n_train / config.batch_size)
-    val_correct = val_examples = test_correct = test_examples = None
-    test_loss = test_accuracy = None
-    if member.diverged is None and member.history:
-        hits = correct_batches(network, split_batches(data, "val"), device)
-        val_correct, val_examples = pack_correct(hits.numpy()), len(hits)
-    if evaluate_test and member.diverged is None:
-        test_loss, test_accuracy = evaluate_batches(network, split_batches(data, "test"), device)
-        hits = correct_batches(network, split_batches(data, "test"), device)
-        test_correct, test_examples = pack_correct(hits.numpy()), len(hits)
-    samples = n_train * math.ceil(member.steps / steps_per_epoch)
-    return TrainResult(
-        max_lr=float(config.max_lr or 0.0),
-        batch_size=config.batch_size,
-        epochs=member.history,
-        lr_trace=trace.lr[: member.steps],
-        momentum_trace=trace.momentum[: member.steps],
-        wall_time=time.perf_counter() - started,
+    return finish_run(
+        member.config,
+        member.network,
+        data,
+        history=member.history,
+        lrs=trace.lr[: member.steps],
+        momenta=trace.momentum[: member.steps],
         train_time=member.train_time,
-        samples_per_second=samples / member.train_time if member.train_time > 0 else 0.0,
         diverged=member.diverged,
-        test_loss=test_loss,
-        test_accuracy=test_accuracy,
-        val_correct=val_correct,
-        val_examples=val_examples,
-        test_correct=test_correct,
-        test_examples=test_examples,
-        model=network,
+        started=started,
+        measure_test=evaluate_test,
     )

@@ -22,6 +22,7 @@ from balance.loop import (
     EpochCallback,
     EpochMetrics,
     correct_batches,
+    data_device,
     evaluate_batches,
     fit,
     prepare,
@@ -29,7 +30,7 @@ from balance.loop import (
     split_size,
 )
 from balance.models import ModelFactory
-from balance.objects import DataArgument
+from balance.objects import DataArgument, TrainingData
 from balance.optim import build_optimizer
 from balance.range_test import Probe, RangeTestResult, RangeTestWarning, find_max_lr
 from balance.runs import pack_correct
@@ -134,7 +135,38 @@ def train(
         track_test=track_test,
         precision=config.precision,
     )
-    precision = config.precision
+    return finish_run(
+        config,
+        network,
+        data,
+        history=history,
+        lrs=lrs,
+        momenta=momenta,
+        train_time=train_time,
+        diverged=diverged,
+        started=started,
+        measure_test=evaluate_test or track_test,
+        range_test=found,
+    )
+
+
+def finish_run(
+    config: TrainConfig,
+    network: nn.Module,
+    data: TrainingData,
+    *,
+    history: list[EpochMetrics],
+    lrs: list[float],
+    momenta: list[float],
+    train_time: float,
+    diverged: Divergence | None,
+    started: float,
+    measure_test: bool,
+    range_test: RangeTestResult | None = None,
+) -> TrainResult:
+    """A trained run's :class:`TrainResult`: per-example correctness on validation (and
+    test, with ``measure_test``) measured on ``network``; one run or a packed member."""
+    device, precision = data_device(data), config.precision
     val_correct, val_examples = None, None
     if diverged is None and history:  # compared on the same examples across cells and seeds
         hits = correct_batches(network, split_batches(data, "val"), device, precision=precision)
@@ -142,15 +174,16 @@ def train(
         val_examples = len(hits)
     test_loss = test_accuracy = None
     test_correct, test_examples = None, None
-    if (evaluate_test or track_test) and diverged is None:
+    if measure_test and diverged is None:
         test = split_batches(data, "test")
         test_loss, test_accuracy = evaluate_batches(network, test, device, precision=precision)
         hits = correct_batches(network, split_batches(data, "test"), device, precision=precision)
         test_correct = pack_correct(hits.numpy())
         test_examples = len(hits)
-    samples = n_train * math.ceil(len(lrs) / steps_per_epoch)
+    n_train = split_size(data, "train")
+    samples = n_train * math.ceil(len(lrs) / math.ceil(n_train / config.batch_size))
     return TrainResult(
-        max_lr=max_lr,
+        max_lr=float(config.max_lr or 0.0),
         batch_size=config.batch_size,
         epochs=history,
         lr_trace=lrs,
@@ -161,7 +194,7 @@ def train(
         diverged=diverged,
         test_loss=test_loss,
         test_accuracy=test_accuracy,
-        range_test=found,
+        range_test=range_test,
         val_correct=val_correct,
         val_examples=val_examples,
         test_correct=test_correct,
