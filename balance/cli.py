@@ -32,7 +32,14 @@ from balance.cli_flags import (
     config_options,
 )
 from balance.cli_summary import print_summary
-from balance.config import ConfigError, RangeTestConfig, TrainConfig, format_validation_error
+from balance.config import (
+    PACK_SIZE_RULE,
+    ConfigError,
+    PackSize,
+    RangeTestConfig,
+    TrainConfig,
+    format_validation_error,
+)
 from balance.jsonable import write_json
 
 if TYPE_CHECKING:
@@ -324,10 +331,23 @@ def validate_command(study_file: StudyArg) -> None:
     typer.echo(f"{study_file}: ok ({config.name}: {kind} x {config.seeds} seeds)")
 
 
+def _pack_size(value: str | None) -> PackSize | None:
+    if value is None:
+        return None
+    if value == "auto":
+        return "auto"
+    if not value.isdigit() or int(value) < 1:
+        raise typer.BadParameter(f"{PACK_SIZE_RULE} (got {value!r})")
+    return int(value)
+
+
 PackOpt = Annotated[
-    int | None,
+    Any,  # PackSize | None, which typer cannot read: _pack_size parses it
     typer.Option(
-        min=1, help="queued grid trials a worker trains at once, packed [default: the file's]"
+        parser=_pack_size,
+        metavar="K|auto",
+        help="queued grid trials a worker trains at once, packed; 'auto': chosen by a "
+        "short throughput probe [default: the file's]",
     ),
 ]
 

@@ -12,10 +12,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from balance.search_space import (
-    AXIS_TAGS,
     MAX_GRID_CELLS,
     SEARCHED,
     FloatRange,
@@ -23,6 +22,7 @@ from balance.search_space import (
     StrictModel,
     base_setting,
 )
+from balance.validation import ConfigError, build, format_validation_error
 
 __all__ = [
     "MAX_GRID_CELLS",
@@ -57,18 +57,6 @@ _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 # pct_start defaults: Smith's three-phase cycle spends 45% rising, 45% falling and
 # the last 10% annihilating; fastai's two-phase cosine cycle rises for 25%.
 DEFAULT_PCT_START = {"smith": 0.45, "fastai": 0.25}
-
-
-class ConfigError(ValueError):
-    """A user error found after parsing (missing files, sizes that do not fit).
-
-    The message is one line naming the field, the rule and the value; when several
-    problems were found at once, :attr:`problems` lists them one by one.
-    """
-
-    def __init__(self, message: str, problems: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.problems = problems or [message]
 
 
 _Strict = StrictModel
@@ -283,37 +271,20 @@ def trial_config(
     return train.model_copy(update={**values, "max_lr": max_lr})
 
 
-def format_validation_error(error: ValidationError, prefix: str = "") -> list[str]:
-    """One line per problem: ``field: message (got value)``."""
-    lines = []
-    for item in error.errors():
-        loc = ""
-        for part in item["loc"]:
-            if isinstance(part, int):
-                loc += f"[{part}]"
-            elif part not in AXIS_TAGS:
-                loc += f".{part}" if loc else str(part)
-        field = f"{prefix}{loc}" if loc else (prefix.rstrip(".") or "config")
-        message = item["msg"].removeprefix("Value error, ")
-        got = item.get("input")
-        # A missing field's input is the enclosing mapping; an explicit None is shown.
-        shown = "" if isinstance(got, dict | BaseModel) else f" (got {got!r})"
-        lines.append(f"{field}: {message}{shown}")
-    return lines
-
-
-def build(model: type[_Strict], values: dict[str, Any]) -> Any:
-    """Validate ``values`` into ``model``, raising :class:`ConfigError` with every problem."""
-    try:
-        return model.model_validate(values)
-    except ValidationError as error:
-        problems = format_validation_error(error)
-        raise ConfigError("; ".join(problems), problems) from None
-
-
 SamplerName = Literal["grid", "tpe", "gp", "random"]
 PrunerName = Literal["none", "median", "hyperband"]
 LrScaling = Literal["range-test", "fit", "linear", "sqrt", "none"]
+PACK_SIZE_RULE = "must be an integer >= 1 or 'auto'"
+
+
+def _pack_size(value: Any) -> Any:
+    if value == "auto" or (type(value) is int and value >= 1):
+        return value
+    raise ValueError(PACK_SIZE_RULE)
+
+
+PackSize = Annotated[int | Literal["auto"], BeforeValidator(_pack_size)]
+"""Trials a worker packs: a count, or ``"auto"`` (:mod:`balance.pack_probe`)."""
 
 
 class StudyConfig(_Strict):
@@ -344,10 +315,10 @@ class StudyConfig(_Strict):
     )
     storage: str | None = Field(None, description="Optuna storage URL (default: journal file)")
     workers: int = Field(1, ge=1, description="local worker processes")
-    pack: int = Field(
+    pack: PackSize = Field(
         1,
-        ge=1,
-        description="grid trials a worker trains at once as one packed model (1: one at a time)",
+        description="grid trials a worker trains at once as one packed model (1: one at a "
+        "time; 'auto': chosen by a short throughput probe on the worker's machine)",
     )
     baseline: dict[str, Any] | None = Field(
         None, description="TrainConfig fields overriding train for the baseline run"
@@ -421,19 +392,23 @@ class StudyConfig(_Strict):
         }
 
 
-def pack_problem(config: StudyConfig, pack: int | None = None) -> str | None:
+def pack_problem(config: StudyConfig, pack: PackSize | None = None) -> str | None:
     """Why ``pack`` (default: the file's) cannot be used with this study; ``None`` if it can.
 
-    Packing trains queued grid cells together to the end, so it needs the grid
-    sampler, no pruner and no racing (whose rounds hand out seeds one round at a time).
+    Packing trains queued grid cells together, so it needs the grid sampler and no
+    racing (whose rounds hand out seeds one round at a time). Pruners judge a packed
+    trial after every epoch (:class:`balance.study._packing.PackedWorker`).
     """
     pack = config.pack if pack is None else pack
-    if pack < 1:
-        return f"pack: must be >= 1, got {pack}"
-    if pack > 1 and (config.sampler != "grid" or config.pruner != "none" or config.race):
+    try:
+        _pack_size(pack)
+    except ValueError:
+        return f"pack: {PACK_SIZE_RULE} (got {pack!r})"
+    if pack != 1 and (config.sampler != "grid" or config.race):
+        shown = "'auto'" if pack == "auto" else pack
         return (
-            f"pack = {pack} trains queued grid cells together: it needs sampler 'grid', "
-            f"pruner 'none' and race = false (got sampler {config.sampler!r}, "
-            f"pruner {config.pruner!r}, race = {str(config.race).lower()})"
+            f"pack = {shown} trains queued grid cells together: it needs sampler 'grid' "
+            f"and race = false (got sampler {config.sampler!r}, "
+            f"race = {str(config.race).lower()})"
         )
     return None

@@ -1,14 +1,16 @@
 """The stacked model and optimizer under :mod:`balance.packed`: K members as one.
 
 ``StackedModel`` holds K same-architecture networks as stacked tensors (``(K, ...)``,
-:func:`torch.func.stack_module_state`) and runs them with
-:func:`torch.func.functional_call` under :func:`torch.vmap`; BatchNorm's running
-statistics are stacked buffers, updated in place per member. Every ``nn.Dropout`` is
-swapped for :class:`MemberDropout`, whose masks come from one generator per member
-drawn exactly as ``nn.Dropout`` draws them alone (``empty_like(x).bernoulli_(1 - p)``,
-then ``/ (1 - p)``; nothing for ``p = 0``), so on CPU a member's masks are the masks of
-its solo run. ``StackedOptimizer`` is SGD (momentum, nesterov), Adam or AdamW as
-:mod:`torch.optim` computes them, on stacked tensors with a weight-decay vector.
+:func:`torch.func.stack_module_state`). The built-in ``mlp`` and ``cnn1d`` run as a
+:class:`balance.packed_layers.LayerProgram` (one batched kernel a layer); other
+models run with :func:`torch.func.functional_call` under :func:`torch.vmap`, every
+``nn.Dropout`` swapped for :class:`MemberDropout`. Either way BatchNorm's running
+statistics are stacked buffers, updated in place per member, and dropout masks come
+from one generator per member drawn exactly as ``nn.Dropout`` draws them alone
+(``empty_like(x).bernoulli_(1 - p)``, then ``/ (1 - p)``; nothing for ``p = 0``), so
+on CPU a member's masks are the masks of its solo run. ``StackedOptimizer`` is SGD
+(momentum, nesterov), Adam or AdamW as :mod:`torch.optim` computes them, on stacked
+tensors with a weight-decay vector.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch.func import functional_call, stack_module_state
 
 from balance.config import TrainConfig
 from balance.optim import parameter_groups
+from balance.packed_layers import compile_layers
 
 ADAM_EPS = 1e-8  # torch.optim.Adam's default, which build_optimizer keeps
 
@@ -97,11 +100,13 @@ class StackedModel:
         self.params = {name: value.detach().requires_grad_() for name, value in params.items()}
         self.buffers = {name: value.detach() for name, value in buffers.items()}
         self.masks = MaskSource(dropout, generators)
-        self.base = copy.deepcopy(networks[0]).to("meta")
-        self.dropout_layers = _swap_dropout(self.base, self.masks)
-        self._set_members(len(networks))
-        self.vmapped_train = torch.vmap(self._call, in_dims=(0, 0, 0), randomness="same")
-        self.vmapped_eval = torch.vmap(self._call, in_dims=(0, 0, None), randomness="same")
+        self.program = compile_layers(networks[0])
+        self.dropout_layers: list[str] = []
+        if self.program is None:  # vmap over functional_call runs the members
+            self.base = copy.deepcopy(networks[0]).to("meta")
+            self.dropout_layers = _swap_dropout(self.base, self.masks)
+            self._set_members(len(networks))
+            self.vmapped_train = torch.vmap(self._call, in_dims=(0, 0, 0), randomness="same")
 
     @property
     def size(self) -> int:
@@ -119,14 +124,10 @@ class StackedModel:
 
     def forward_train(self, x: Tensor) -> Tensor:
         """Logits ``(K, B, C)`` of members' own batches ``x`` ``(K, B, ...)``, training mode."""
+        if self.program is not None:
+            return self.program(self.params, self.buffers, x, training=True, masks=self.masks)
         self.base.train()
         return self.vmapped_train(self.params, self.buffers, x)
-
-    @torch.no_grad()
-    def forward_eval(self, x: Tensor) -> Tensor:
-        """Logits ``(K, B, C)`` of every member on the same batch ``x``, eval mode."""
-        self.base.eval()
-        return self.vmapped_eval(self.params, self.buffers, x)
 
     def keep(self, members: Sequence[int]) -> None:
         """Keep only ``members`` (indices into the current members), in that order."""
@@ -208,15 +209,16 @@ class StackedOptimizer:
     def _sgd(
         self, name: str, param: Tensor, grad: Tensor, lr: float, momentum: float, decay: bool
     ) -> None:
+        # in place on the fresh gradient: a new (K, ...) tensor a step costs more than the math
         if decay:  # grad.add(param, alpha=wd) of torch.optim.SGD, one wd per member
-            grad = torch.addcmul(grad, param, self._per_member(self.weight_decay, param))
+            grad.addcmul_(param, self._per_member(self.weight_decay, param))
         if momentum != 0:
             if name not in self.state:
-                self.state[name] = [grad.detach().clone()]
+                self.state[name] = [grad.clone()]
             else:
                 self.state[name][0].mul_(momentum).add_(grad)
             buf = self.state[name][0]
-            grad = grad.add(buf, alpha=momentum) if self.nesterov else buf
+            grad = grad.add_(buf, alpha=momentum) if self.nesterov else buf
         param.add_(grad, alpha=-lr)
 
     def _adam(
@@ -226,7 +228,7 @@ class StackedOptimizer:
         if decay and self.kind == "adamw":
             param.mul_(self._per_member(1 - lr * self.weight_decay, param))
         elif decay:
-            grad = torch.addcmul(grad, param, self._per_member(self.weight_decay, param))
+            grad.addcmul_(param, self._per_member(self.weight_decay, param))
         if name not in self.state:
             self.state[name] = [torch.zeros_like(param), torch.zeros_like(param)]
         exp_avg, exp_avg_sq = self.state[name]

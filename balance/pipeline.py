@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 
 from balance.analysis import summarize, trials_frame
-from balance.config import ConfigError, StudyConfig, pack_problem
+from balance.config import ConfigError, PackSize, StudyConfig, pack_problem
 from balance.jsonable import write_json
 from balance.loop import split_size
 from balance.models import ModelFactory, build_model
@@ -171,7 +171,7 @@ def sweep(
     study_file: Path | None = None,
     data: DataArgument | None = None,
     model: ModelFactory | None = None,
-    pack: int | None = None,
+    pack: PackSize | None = None,
 ) -> SweepResult:
     """Run a whole study: stage 1 (max LR per batch size), stage 2 (the sweep), test, results.
 

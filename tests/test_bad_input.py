@@ -125,6 +125,11 @@ CASES = [
         "error: sampler: Input should be 'grid', 'tpe', 'gp' or 'random' (got 'cmaes')",
     ),
     BadInput(
+        "pack neither a count nor 'auto'",
+        study(pack="many"),
+        "error: pack: must be an integer >= 1 or 'auto' (got 'many')",
+    ),
+    BadInput(
         "unknown pruner",
         study(pruner="asha"),
         "error: pruner: Input should be 'none', 'median' or 'hyperband' (got 'asha')",

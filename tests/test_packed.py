@@ -1,8 +1,9 @@
 """Packed members train as they would alone (balance.packed), to a stated tolerance.
 
-vmap runs a member's layers as batched matrix products and grouped convolutions, whose
-sums round differently from the solo kernels: losses agree to ``RELATIVE`` (seen: about
-1e-7 after a few hundred steps), accuracy counts and per-example correctness exactly.
+The layer program (mlp, cnn1d) and vmap (other models) run a member's layers as batched
+matrix products (vmap: grouped convolutions), whose sums round differently from the
+solo kernels: losses agree to ``RELATIVE`` (seen: about 1e-7 after a few hundred
+steps), accuracy counts and per-example correctness exactly.
 Dropout masks come from per-member generators in the solo run's order, so members with
 dropout are held to the same tolerance as members without.
 """
@@ -13,11 +14,14 @@ import math
 from dataclasses import replace
 
 import pytest
+from torch import nn
 from torch.utils.data import TensorDataset
 
 from balance.config import ConfigError, TrainConfig
 from balance.data import Dataset, load_dataset
+from balance.models import cnn1d, convnet, mlp
 from balance.packed import can_pack, pack_reason, train_packed
+from balance.packed_layers import compile_layers
 from balance.streaming import StreamingData
 from balance.train import TrainResult, train
 
@@ -157,3 +161,36 @@ def test_can_pack_says_why_not_in_one_line(digits: Dataset) -> None:
     )
     with pytest.raises(ConfigError, match=r"^batch_size, epochs: "):
         train_packed(mixed, data=digits)
+
+
+def test_a_model_outside_the_layer_program_runs_under_vmap_and_matches(digits: Dataset) -> None:
+    # digits as 1x8x8 images: convnet (Conv2d, MaxPool2d) is not in the layer program
+    images = replace(
+        digits,
+        x_train=digits.x_train.view(-1, 1, 8, 8),
+        x_val=digits.x_val.view(-1, 1, 8, 8),
+        x_test=digits.x_test.view(-1, 1, 8, 8),
+    )
+    assert compile_layers(convnet((1, 8, 8), 10, 0.1)) is None
+    base = DIGITS.model_copy(update={"model": "convnet", "epochs": 2, "batch_size": 50})
+    configs = [base.model_copy(update={"seed": s, "dropout": p}) for s, p in [(0, 0.0), (1, 0.2)]]
+    for config, member in zip(configs, train_packed(configs, data=images), strict=True):
+        assert_matches(train(config, data=images), member)
+
+
+def test_the_layer_program_takes_only_layers_it_runs_where_it_can_run_them() -> None:
+    assert compile_layers(mlp((64,), 10, 0.1)) is not None
+    assert compile_layers(cnn1d((1, 40), 10, 0.1)) is not None
+    refused = {
+        "batch norm after flatten": nn.Sequential(nn.Flatten(), nn.BatchNorm1d(4)),
+        "grouped convolution": nn.Sequential(nn.Conv1d(2, 4, 3, groups=2), nn.Flatten()),
+        "dilated convolution": nn.Sequential(nn.Conv1d(1, 4, 3, dilation=2), nn.Flatten()),
+        "'same' padding": nn.Sequential(nn.Conv1d(1, 4, 3, padding="same"), nn.Flatten()),
+        "dropout on feature maps": nn.Sequential(nn.Conv1d(1, 4, 3), nn.Dropout(0.1)),
+        "linear before flatten": nn.Sequential(nn.Linear(4, 4)),
+        "another layer": nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.Tanh()),
+        "a subclass": nn.Sequential(nn.Flatten(), type("Mine", (nn.Linear,), {})(4, 4)),
+        "not a Sequential": nn.Linear(4, 4),
+    }
+    for why, network in refused.items():
+        assert compile_layers(network) is None, why

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import re
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -18,9 +22,9 @@ from torch import nn
 from balance.analysis import audit, trials_frame
 from balance.cells import cell_key
 from balance.config import ConfigError, StudyConfig
-from balance.pipeline import sweep
+from balance.pipeline import prepare, sweep
 from balance.storage import open_storage
-from balance.study import _packing, run_worker
+from balance.study import _packing, load_study_data, run_worker
 
 RELATIVE = 1e-5  # tests/test_packed.py's tolerance on losses (vmap reorders sums)
 
@@ -146,15 +150,106 @@ def test_a_stop_mid_pack_requeues_its_cells_and_keeps_finished_ones(tmp_path: Pa
     assert len(load(config, tmp_path).get_trials(states=(TrialState.COMPLETE,))) == 4
 
 
-def test_pack_needs_the_grid_sampler_without_pruner_or_racing(tmp_path: Path) -> None:
+def test_pack_needs_the_grid_sampler_without_racing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"pack = 2 .* needs sampler 'grid'"):
         tiny("tpe", sampler="tpe", n_trials=4, search={"weight_decay": [0.0, 1e-3]}, pack=2)
+    with pytest.raises(ConfigError, match=r"pack = 'auto' .* race = false"):
+        tiny("race", seeds=2, max_seeds=4, race=True, pack="auto")
     config = tiny("random", sampler="random", n_trials=2)
     with pytest.raises(ConfigError, match=r"pack = 3 .* needs sampler 'grid'") as error:
         sweep(config, root=tmp_path, pack=3)
     assert "\n" not in str(error.value)
     with pytest.raises(ConfigError, match="pack = 2"):
         run_worker(config, str(tmp_path / "none.journal"), pack=2)
+    with pytest.raises(ConfigError, match=r"^pack: must be an integer >= 1 or 'auto' \(got 0\)$"):
+        sweep(tiny("zero"), root=tmp_path, pack=0)
+    assert tiny("pruned", pruner="median", pack=2).pack == 2  # pruners judge packed trials
+
+
+# Five good cells fill the first pack; the two heavily decayed ones come second, judged
+# by the median pruner against those five, as one at a time judges them.
+PRUNED_GRID = {"weight_decay": [0.0, 1e-4, 3e-4, 1e-3, 3e-3, 0.5, 1.0], "dropout": [0.0]}
+
+
+def test_a_packed_sweep_prunes_the_trials_one_at_a_time_prunes(tmp_path: Path) -> None:
+    overrides: dict[str, Any] = {"pruner": "median", "search": PRUNED_GRID}
+    train = {"epochs": 4, "batch_size": 64}
+    alone = tiny("prune-alone", train=train, **overrides)
+    packed = tiny("prune-packed", train=train, pack=5, **overrides)
+    sweep(alone, root=tmp_path)
+    sweep(packed, root=tmp_path)
+
+    def outcomes(config: StudyConfig) -> dict[str, tuple[str, list[int]]]:
+        return {
+            t.user_attrs["cell"]: (t.state.name, sorted(t.intermediate_values))
+            for t in load(config, tmp_path).get_trials()
+        }
+
+    one, many = outcomes(alone), outcomes(packed)
+    assert [state for state, _ in one.values()].count("PRUNED") >= 1
+    assert one == many
+    pruned = {t.user_attrs["cell"]: t for t in load(alone, tmp_path).get_trials()}
+    for trial in load(packed, tmp_path).get_trials(states=(TrialState.PRUNED,)):
+        assert len(trial.intermediate_values) < 4  # stopped early, its epochs so far kept
+        assert_same_values(pruned[trial.user_attrs["cell"]].user_attrs, trial.user_attrs)
+    report = audit(trials_frame(record_of(load(packed, tmp_path), packed)), packed)
+    assert report["missing"] == [] and report["duplicated"] == []
+
+
+def _killed_on_second_pack(config: StudyConfig, url: str) -> None:
+    """A worker process that dies (SIGKILL) once its second pack is claimed."""
+    calls: list[int] = []
+    real = _packing.train_packed
+
+    def die_second(configs: Any, **kwargs: Any) -> Any:
+        calls.append(len(configs))
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(configs, **kwargs)
+
+    _packing.train_packed = die_second  # type: ignore[assignment]
+    run_worker(config, url)
+
+
+def test_a_killed_packed_worker_loses_no_finished_trial_and_repeats_none(tmp_path: Path) -> None:
+    config = tiny("killed", pack=2)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    prepare(config, url, load_study_data(config))
+    process = multiprocessing.get_context("spawn").Process(
+        target=_killed_on_second_pack, args=(config, url)
+    )
+    process.start()
+    process.join()
+    assert process.exitcode == -signal.SIGKILL
+    study = optuna.load_study(study_name=config.name, storage=open_storage(url))
+    finished = {
+        t.number: t.user_attrs["cell"] for t in study.get_trials(states=(TrialState.COMPLETE,))
+    }
+    assert len(finished) == 2
+    assert len(study.get_trials(states=(TrialState.RUNNING,))) == 2  # the dead pack's
+    sweep(config, root=tmp_path, storage=url)  # finds the dead worker's trials, queues them
+    study = optuna.load_study(study_name=config.name, storage=open_storage(url))
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert {t.number: t.user_attrs["cell"] for t in complete if t.number in finished} == finished
+    assert len(complete) == 4 and not study.get_trials(states=(TrialState.RUNNING,))
+    report = audit(trials_frame(record_of(study, config)), config)
+    assert report["missing"] == [] and report["duplicated"] == []
+
+
+def test_pack_auto_probes_the_machine_and_says_what_it_chose(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tiny("auto", pack="auto")
+    with caplog.at_level(logging.WARNING, logger="balance.study"):
+        sweep(config, root=tmp_path)
+    lines = [r.getMessage() for r in caplog.records if r.name == "balance.study"]
+    assert len(lines) == 1
+    assert re.fullmatch(
+        r"pack auto: K = \d+ \(member-samples/s packed / one at a time: "
+        r"K=2 [\d.]+x, K=4 [\d.]+x; chosen above 1.1x\)",
+        lines[0],
+    ), lines[0]
+    assert_clean_audit(config, tmp_path)
 
 
 def test_claimed_trials_beat_while_the_pack_trains(

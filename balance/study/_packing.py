@@ -12,6 +12,11 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
+from balance import record
+from balance.config import PackSize, trial_config
+from balance.data import Dataset
+from balance.loop import EpochMetrics
+from balance.pack_probe import probe_pack_size
 from balance.packed import MEMBER_FIELDS, pack_reason, train_packed
 from balance.runs import SeedRun
 from balance.storage import Heartbeats
@@ -29,6 +34,27 @@ from balance.study._stopping import stop_allowed, stop_deferred
 _log = logging.getLogger("balance.study")
 # Optuna's own logger for trial outcomes: its handlers drop a diverged trial's traceback.
 _trial_log = logging.getLogger("optuna.study.study")
+
+
+def resolve_pack(pack: PackSize, objective: Objective) -> int:
+    """The pack size a worker uses: ``pack``, or for ``"auto"`` the probe's choice
+    (:func:`balance.pack_probe.probe_pack_size`, logged in one line) for the grid's
+    first cell at the study's smallest batch size."""
+    if pack != "auto":
+        return pack
+    config = objective.config
+    cells = config.search.grid_cells()
+    smallest = min(config.batch_sizes)
+    cell = next((c for c in cells if c.get("batch_size", smallest) == smallest), cells[0])
+    member = trial_config(objective.base, cell, objective.max_lrs)
+    limit = max(1, len(cells) // len(config.batch_sizes))
+    if objective.model is not None or not isinstance(objective.data, Dataset):
+        why = "a model factory object" if objective.model is not None else "streamed data"
+        _log.warning(f"pack auto: one at a time ({why} cannot pack)")
+        return 1
+    probe = probe_pack_size(member, objective.data, seeds=config.seeds, limit=limit)
+    _log.warning(probe.line())
+    return probe.pack
 
 
 def _shared(plan: TrialPlan) -> dict[str, Any]:
@@ -120,16 +146,16 @@ class PackedWorker:
             for plan in plans:
                 self._run_single(plan.trial)
             return len(plans)
+        judge = _PackJudge(self, plans)
         with stop_allowed():
-            results = iter(train_packed(members, data=self.objective.data))
-        epochs = self.objective.base.epochs
+            results = iter(train_packed(members, data=self.objective.data, mask=judge))
         for plan in plans:
             trial, runs = plan.trial, list[SeedRun]()
             outcomes = [(seed, next(results)) for seed in plan.seeds]
+            if trial.number not in self.open:  # pruned mid-pack, already told
+                continue
             try:
-                for index, (seed, result) in enumerate(outcomes):
-                    for metrics in result.epochs:
-                        trial.report(metrics.val_accuracy, index * epochs + metrics.epoch)
+                for seed, result in outcomes:
                     save_seed(trial, runs, seed, list(result.epochs), result)
             except TrainingDiverged as error:
                 self._failed(trial, error)
@@ -163,3 +189,62 @@ class PackedWorker:
         self.study.tell(trial, values, state=state)
         self.open.pop(trial.number, None)
         self.heartbeats.remove(trial.number)
+
+
+class _PackJudge:
+    """The pack's ``mask``: after every epoch, report each trial's seeds and prune.
+
+    Member ``i`` is seed ``owners[i][1]`` (its index) of ``plans[owners[i][0]]``. Each
+    seed's validation accuracy is reported at ``seed_index * epochs + epoch``, as the
+    objective reports it; the pruner then judges the trial at its last seed's point
+    (its seeds train side by side here, one after the other alone). A pruned trial
+    keeps its seeds' epochs so far, is told pruned at once and leaves the pack. A
+    member that diverged ends its trial as a solo run would: the seeds after it stop
+    (alone they would never have started), the ones before it finish.
+    """
+
+    def __init__(self, worker: PackedWorker, plans: list[TrialPlan]) -> None:
+        self.worker = worker
+        self.plans = plans
+        self.owners = [
+            (p, index) for p, plan in enumerate(plans) for index in range(len(plan.seeds))
+        ]
+        self.histories: list[list[EpochMetrics]] = [[] for _ in self.owners]
+        self.alive = set(range(len(self.owners)))
+        self.failing: set[int] = set()  # plans with a diverged member: no more pruning
+        self.epochs = worker.objective.base.epochs
+
+    def __call__(self, metrics: dict[int, EpochMetrics]) -> set[int]:
+        with stop_deferred():
+            for i in sorted(self.alive - metrics.keys()):  # diverged this epoch
+                p, index = self.owners[i]
+                self.failing.add(p)
+                self.alive -= {
+                    j for j, (q, later) in enumerate(self.owners) if q == p and later > index
+                }
+            self.alive &= metrics.keys()
+            for i in sorted(self.alive):
+                self.histories[i].append(metrics[i])
+            for p, plan in enumerate(self.plans):
+                members = [i for i in sorted(self.alive) if self.owners[i][0] == p]
+                if members and p not in self.failing and self._prune(plan, members, metrics):
+                    self.alive -= set(members)
+        return set(self.alive)
+
+    def _prune(self, plan: TrialPlan, members: list[int], metrics: dict[int, EpochMetrics]) -> bool:
+        trial = plan.trial
+        for i in members:
+            trial.report(
+                metrics[i].val_accuracy, self.owners[i][1] * self.epochs + metrics[i].epoch
+            )
+        if not trial.should_prune():
+            return False
+        runs = [
+            SeedRun.from_history(seed, self.histories[i], None)
+            for i, seed in zip(members, plan.seeds, strict=True)
+        ]
+        record.save_runs(trial, runs)
+        self.worker._tell(trial, state=TrialState.PRUNED)
+        epoch = metrics[members[0]].epoch
+        _trial_log.info(f"Trial {trial.number} pruned. pruned at epoch {epoch} of its packed seeds")
+        return True

@@ -13,13 +13,13 @@ from typing import Any
 
 import optuna
 
-from balance.config import ConfigError, StudyConfig, pack_problem
+from balance.config import ConfigError, PackSize, StudyConfig, pack_problem
 from balance.models import ModelFactory
 from balance.objects import DataArgument, TrainingData, check_picklable, resolve_data
 from balance.record import StageOne
 from balance.storage import open_existing
 from balance.study._objective import Objective, TrainingDiverged
-from balance.study._packing import PackedWorker
+from balance.study._packing import PackedWorker, resolve_pack
 from balance.study._queue import (
     Progress,
     has_work,
@@ -72,7 +72,7 @@ def run_worker(
     on_progress: ProgressCallback | None = None,
     data: DataArgument | None = None,
     model: ModelFactory | None = None,
-    pack: int | None = None,
+    pack: PackSize | None = None,
 ) -> int:
     """Join the study at ``url`` and run trials until none is left; return how many ran.
 
@@ -105,6 +105,7 @@ def run_worker(
         device=device,
         model=model,
     )
+    pack = resolve_pack(pack, objective)
     packer = PackedWorker(study, storage, objective, pack) if pack > 1 else None
     ran = 0
     try:
@@ -196,7 +197,7 @@ def run_workers(
     *,
     data: DataArgument | None = None,
     model: ModelFactory | None = None,
-    pack: int | None = None,
+    pack: PackSize | None = None,
 ) -> None:
     """Run ``workers`` local worker processes and report progress while they work.
 

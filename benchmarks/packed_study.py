@@ -1,0 +1,146 @@
+"""Packed study: trials per hour of the default study, packed against one at a time.
+
+Stage 1 of ``studies/mnist1d-cnn.toml`` (range tests, grid queue) runs once into a
+journal file; each variant trains all 30 queued trials from its own copy of that file
+(the same cells at the same max LRs), on the same 2 cores, then the stock test
+evaluation of its chosen cell:
+
+- ``one at a time``: the study's own setting, 2 workers x 1 thread, ``pack = 1``;
+- ``packed, 2 workers x 1 thread``: ``pack = K`` in each worker;
+- ``packed, 1 worker x 2 threads``: one worker, ``pack = K``.
+
+K = 4 trials (8 members at 2 seeds): ``packed_trials`` measures 4 to 8 members a pack
+as the best at 2 threads. Reported per variant: trials per hour (30 trials over the wall
+time of ``run_workers``), the chosen cell, its test accuracy, and the paired difference
+of the chosen runs' test correctness against one at a time (seeds x 2,000 examples,
+:func:`balance.analysis._comparisons.paired_difference`, 95%): "within noise" when that
+interval holds 0. ``ratio``: the best packed variant's trials per hour over one at a
+time's. One repeat (a variant takes minutes); the machine's load is in the JSON.
+
+Run (about 15 minutes on 2 cores):
+    python benchmarks/packed_study.py
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import headline, machine, parser, write_result
+from end_to_end import DEFAULT_STUDY, quick_study
+
+from balance.analysis._comparisons import paired_difference
+from balance.config import StudyConfig
+from balance.pipeline import preflight, prepare
+from balance.record import load_record
+from balance.storage import open_existing
+from balance.study import evaluate_on_test, run_workers, worker_plan
+from balance.study_file import load_study_file
+
+NAME = "packed_study"
+PACK = 4
+VARIANTS = {  # name -> (workers, pack)
+    "one at a time": (2, 1),
+    "packed, 2 workers x 1 thread": (2, PACK),
+    "packed, 1 worker x 2 threads": (1, PACK),
+}
+
+
+def run_variant(
+    config: StudyConfig, stage_one: Path, folder: Path, workers: int, pack: int, data: Any
+) -> dict[str, Any]:
+    """Train the queued trials of a copy of ``stage_one``; time it, evaluate the chosen cell."""
+    url = str(folder / f"{workers}x{pack}.journal")
+    shutil.copy(stage_one, url)
+    started = time.perf_counter()
+    run_workers(config, url, workers, pack=pack)
+    seconds = time.perf_counter() - started
+    study, _ = open_existing(config.name, url)
+    threads = worker_plan(config, workers)[0][0]
+    evaluate_on_test(study, config, data, threads=threads, workers=workers)
+    record = load_record(study, config, storage=url)
+    final = record.final
+    assert final is not None
+    trials = sum(1 for trial in record.trials if trial.state == "COMPLETE")
+    return {
+        "workers": workers,
+        "pack": pack,
+        "threads_per_worker": threads,
+        "seconds": seconds,
+        "trials": trials,
+        "trials_per_hour": trials / seconds * 3600,
+        "chosen": final.params,
+        "test_accuracy": final.chosen.test_accuracy,
+        "correct": np.vstack([run.correct() for run in final.chosen.runs]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parser(__doc__.splitlines()[0])
+    args = arguments.parse_args(argv)
+    started = time.perf_counter()
+    info = machine()
+    if args.quick:
+        config = quick_study("packed-quick").model_copy(update={"seeds": 2})
+    else:
+        config = load_study_file(DEFAULT_STUDY)
+    data = preflight(config)
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        stage_one = folder / "stage-one.journal"
+        prepare(config, str(stage_one), data)
+        for name, (workers, pack) in VARIANTS.items():
+            results[name] = run_variant(config, stage_one, folder, workers, pack, data)
+            print(name, f"{results[name]['trials_per_hour']:.0f} trials/h", flush=True)
+    base = results["one at a time"]
+    rng = np.random.default_rng(0)
+    headlines = []
+    for name, result in results.items():
+        correct = result.pop("correct")
+        if name == "one at a time":
+            base_correct = correct
+            continue
+        difference = paired_difference(correct, base_correct, rng)
+        result["ratio"] = result["trials_per_hour"] / base["trials_per_hour"]
+        result["same_cell"] = result["chosen"] == base["chosen"]
+        result["test_difference"] = difference._asdict()
+        result["within_noise"] = not difference.beyond_noise
+    packed = {name: r for name, r in results.items() if name != "one at a time"}
+    best = max(packed, key=lambda name: packed[name]["ratio"])
+    for name, result in packed.items():
+        d = result["test_difference"]
+        headlines.append(
+            headline(
+                f"{DEFAULT_STUDY.name if not args.quick else 'quick'}: trials/hour, {name} "
+                f"(K = {PACK}) / one at a time (2 workers x 1 thread)",
+                f"{result['ratio']:.2f} ({result['trials_per_hour']:.0f} vs "
+                f"{base['trials_per_hour']:.0f}); chosen cell "
+                f"{'the same' if result['same_cell'] else result['chosen']}; test accuracy "
+                f"{result['test_accuracy']:.4f} vs {base['test_accuracy']:.4f}, paired difference "
+                f"{d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]",
+                ">= 1.5, same cell, test within noise" if name == best else "",
+                (result["ratio"] >= 1.5 and result["same_cell"] and result["within_noise"])
+                if name == best
+                else None,
+            )
+        )
+        print(headlines[-1]["measure"], headlines[-1]["value"], flush=True)
+    write_result(
+        NAME,
+        {"ratio": packed[best]["ratio"], "ratio_variant": best, "pack": PACK, "variants": results},
+        out_dir=args.out_dir,
+        quick=args.quick,
+        started=started,
+        machine_info=info,
+        headlines=headlines,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
