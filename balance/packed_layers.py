@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -163,6 +164,31 @@ class LayerProgram:
         )
 
 
+class _Columns(torch.autograd.Function):
+    """im2col of ``(K, C, B, L)`` inputs: ``(K, C, k, B, L_out)``, tap ``j`` in column ``j``.
+
+    Its backward adds each tap's gradient into one zeroed buffer, where autograd's own
+    (one zeroed input-sized tensor per strided slice, then their sum) moves k times the
+    memory: at these sizes the step is bound by memory traffic, not arithmetic.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, kernel: int, stride: int, padding: int) -> Tensor:
+        padded = F.pad(x, (padding, padding)) if padding else x
+        length = (padded.shape[-1] - kernel) // stride + 1
+        span = stride * (length - 1) + 1
+        ctx.geometry = (padded.shape, kernel, stride, padding, span, x.shape[-1])
+        return torch.stack([padded[..., j : j + span : stride] for j in range(kernel)], dim=2)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        shape, kernel, stride, padding, span, width = ctx.geometry
+        padded = grad.new_zeros(shape)
+        for j in range(kernel):
+            padded[..., j : j + span : stride].add_(grad[:, :, j])
+        return padded[..., padding : padding + width], None, None, None
+
+
 def _conv1d(x: Tensor, params: dict[str, Tensor], prefix: str, module: nn.Conv1d) -> Tensor:
     """``nn.Conv1d`` of every member: ``x`` ``(K, C_in, B, L)`` to ``(K, C_out, B, L_out)``."""
     weight = params[prefix + "weight"]  # (K, C_out, C_in, k)
@@ -170,12 +196,8 @@ def _conv1d(x: Tensor, params: dict[str, Tensor], prefix: str, module: nn.Conv1d
     (stride,) = module.stride
     padding = module.padding[0]  # a tuple: _supported turned "same" and "valid" away
     assert isinstance(padding, int)
-    if padding:
-        x = F.pad(x, (padding, padding))
-    length = (x.shape[-1] - kernel) // stride + 1
-    span = stride * (length - 1) + 1
-    columns = torch.stack([x[..., j : j + span : stride] for j in range(kernel)], dim=2)
-    batch = x.shape[2]
+    columns = _Columns.apply(x, kernel, stride, padding)  # (K, C_in, k, B, L_out)
+    batch, length = columns.shape[-2:]
     out = torch.bmm(
         weight.view(members, c_out, c_in * kernel), columns.view(members, -1, batch * length)
     )
