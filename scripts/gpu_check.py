@@ -1,4 +1,5 @@
-"""The GPU check: range test, fp32, bf16 and fp16 training, a 2-worker study on one CUDA device.
+"""The GPU check: range test, fp32, bf16 and fp16 training, a 2-worker study, packed
+trials (K = 8, 32, 128) on one CUDA device.
 
     nox -s gpu                                  # on a CUDA machine
     python scripts/gpu_check.py --device cpu --quick   # the same steps on CPU (a smoke run)
@@ -41,6 +42,7 @@ from balance import (
 from balance.config import build
 from balance.data import load_dataset
 from balance.jsonable import jsonable
+from balance.packed import train_packed
 from balance.range_test import RangeTestWarning
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +97,32 @@ def train_rate(config: TrainConfig, data: StreamingData | None = None) -> dict[s
         "train_seconds": result.train_time,
         "val_accuracy": final.val_accuracy if final else None,
     }
+
+
+def packed_rates(device: str, epochs: int, sizes: tuple[int, ...]) -> dict[str, Any]:
+    """Member-samples/s of K fp32 runs trained as one packed model against one run alone.
+
+    Both timed over the whole call (model building and evaluation included, as a trial
+    pays them); K solo runs one after the other take K times one, so one is timed.
+    """
+    config = base(device, "32", epochs)
+    started = time.perf_counter()
+    alone = train(config)
+    seconds = time.perf_counter() - started
+    samples = alone.steps * config.batch_size  # about n_train per epoch x epochs
+    solo = samples / seconds
+    rows: dict[str, Any] = {"solo": {"member_samples_per_second": solo}}
+    for k in sizes:
+        members = [
+            config.model_copy(update={"seed": seed, "weight_decay": 5e-4 * (seed % 4)})
+            for seed in range(k)
+        ]
+        started = time.perf_counter()
+        results = train_packed(members)
+        seconds = time.perf_counter() - started
+        rate = sum(r.steps for r in results) * config.batch_size / seconds
+        rows[f"K={k}"] = {"member_samples_per_second": rate, "ratio_to_solo": rate / solo}
+    return rows
 
 
 def study(device: str, precision: str, epochs: int, workers: int) -> dict[str, Any]:
@@ -155,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             "device bf16 streamed": train_rate(base(on, "bf16-mixed", epochs), streamed(2)),
         },
         "study": study(on, "bf16-mixed", epochs, workers=2),
+        "packed": packed_rates(on, epochs, (2, 4) if args.quick else (8, 32, 128)),
     }
     for table in (rows["range_test"], rows["train"]):
         cpu_rate = table["cpu fp32"]["samples_per_second"]
@@ -192,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     s = rows["study"]
     print(f"  study, 2 workers, bf16: {s['trials_per_hour']:.0f} trials/h ({s['seconds']:.0f} s)")
+    for name, row in rows["packed"].items():
+        if name != "solo":
+            print(
+                f"  packed fp32 {name:>5}: {row['member_samples_per_second']:10.0f} "
+                f"member-samples/s (x{row['ratio_to_solo']:.2f} one at a time)"
+            )
     print(f"  wrote {args.out}")
     return 0
 
