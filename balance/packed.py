@@ -1,9 +1,10 @@
 """Packed training: K runs that differ only in numbers, trained as one vectorized model.
 
-Members share the data, the model's architecture, the batch size, the optimizer, the
-schedule and its ``max_lr``; each has its own ``weight_decay``, ``dropout`` and
-``seed`` (:data:`MEMBER_FIELDS`). What each member sees is what it would see alone
-(:func:`balance.train.train`):
+Members share the data, the model's architecture, the batch size, the optimizer and
+the schedule's shape; each has its own ``weight_decay``, ``dropout``, ``seed`` and
+``max_lr`` (:data:`MEMBER_FIELDS`; a study's ``lr_multiplier``), its LR each step its
+own schedule's (the momentum schedule does not depend on ``max_lr``). What each member
+sees is what it would see alone (:func:`balance.train.train`):
 
 - its parameters are built by :func:`balance.loop.prepare` for its seed;
 - its batch order is its own ``torch.Generator().manual_seed(seed)``'s permutations,
@@ -12,7 +13,7 @@ schedule and its ``max_lr``; each has its own ``weight_decay``, ``dropout`` and
 - its dropout masks come from its own generator, started where the global generator
   stands after its model was built: on CPU the very masks of its solo run
   (:mod:`balance.packed_ops`); on CUDA (fused dropout, Philox) the same distribution only;
-- the LR and momentum are :func:`balance.schedule.schedule_values` (the one OneCycleLR),
+- the LR and momentum are :func:`balance.schedule.schedule_values` (its own OneCycleLR),
   the weight decay rule :func:`balance.optim.parameter_groups`'s.
 
 The result is not bit for bit: a member's linear layers and convolutions run as
@@ -44,7 +45,7 @@ from balance.schedule import ScheduleTrace, schedule_values
 from balance.streaming import StreamedSplits, StreamingData
 from balance.train import TrainResult, finish_run
 
-MEMBER_FIELDS = ("weight_decay", "dropout", "seed")
+MEMBER_FIELDS = ("weight_decay", "dropout", "seed", "max_lr")
 """The fields members of one pack may differ in; every other field is shared."""
 
 MemberMask = Callable[[dict[int, EpochMetrics]], Collection[int] | None]
@@ -98,6 +99,7 @@ class _Member:
 
     config: TrainConfig
     network: nn.Module  # its solo-built module; its tensors are copied back when it leaves
+    trace: ScheduleTrace  # its own schedule (the momentum one is every member's)
     history: list[EpochMetrics]
     steps: int = 0
     train_time: float = 0.0
@@ -161,20 +163,29 @@ def train_packed(
     started = time.perf_counter()
     members, generators = [], []
     resolved: DataArgument | None = data
+    traces: dict[float, ScheduleTrace] = {}
+    dataset: Dataset | None = None
     for config in configs:
         resolved, network, device = prepare(config, resolved)
-        members.append(_Member(config, network, []))
+        # first, before schedule_values builds (and initializes) a module of its own
         generators.append(_dropout_generator(device, config.seed))
-    if not isinstance(resolved, Dataset):  # can_pack turned streamed data away
-        raise ConfigError("data: packing needs in-memory tensors")
-    dataset, first = resolved, configs[0]
-    steps_per_epoch = math.ceil(len(dataset.y_train) / first.batch_size)
-    trace = schedule_values(first, first.epochs * steps_per_epoch, float(first.max_lr or 0.0))
+        if not isinstance(resolved, Dataset):  # can_pack turned streamed data away
+            raise ConfigError("data: packing needs in-memory tensors")
+        dataset = resolved
+        max_lr = float(config.max_lr or 0.0)
+        if max_lr not in traces:
+            steps = config.epochs * math.ceil(len(dataset.y_train) / config.batch_size)
+            traces[max_lr] = schedule_values(config, steps, max_lr)
+        members.append(_Member(config, network, traces[max_lr], []))
+    if any(trace.momentum != members[0].trace.momentum for trace in traces.values()):
+        raise ConfigError("max_lr: members' momentum schedules differ; they cannot pack")
+    assert dataset is not None  # pack_reason turned an empty pack away
+    first = configs[0]
     model = StackedModel([m.network for m in members], [c.dropout for c in configs], generators)
     decayed = decayed_names(members[0].network, first)
     optimizer = StackedOptimizer(first, [c.weight_decay for c in configs], decayed)
-    _train(model, optimizer, members, dataset, trace, mask)
-    return [_result(member, dataset, trace, started, evaluate_test) for member in members]
+    _train(model, optimizer, members, dataset, mask)
+    return [_result(member, dataset, started, evaluate_test) for member in members]
 
 
 def _train(
@@ -182,15 +193,19 @@ def _train(
     optimizer: StackedOptimizer,
     members: list[_Member],
     data: Dataset,
-    trace: ScheduleTrace,
     mask: MemberMask | None,
 ) -> None:
-    """The packed loop: every member's epochs, until each finishes, diverges or is masked."""
+    """The packed loop: every member's epochs, until each finishes, diverges or is masked.
+
+    One max LR: the LR of a step is a number, as alone; several: a vector, one per row.
+    """
     first = members[0].config
     batch_size, n_train = first.batch_size, len(data.y_train)
     device = data.x_train.device
     orders = [torch.Generator(device=device).manual_seed(m.config.seed) for m in members]
     active = list(range(len(members)))  # row r of the stacked tensors is members[active[r]]
+    momenta = members[0].trace.momentum  # the schedule's momentum does not depend on max_lr
+    lr_table = torch.tensor([m.trace.lr for m in members], dtype=torch.float64).T  # (steps, K)
     step = 0
     for epoch in range(1, first.epochs + 1):
         started, epoch_first = time.perf_counter(), step
@@ -203,7 +218,9 @@ def _train(
             index = order[:, start : start + batch_size]
             loss = _member_losses(model.forward_train(data.x_train[index]), data.y_train[index])
             grads = torch.autograd.grad(loss.sum(), list(model.params.values()))
-            optimizer.step(model.params, grads, trace.lr[step], trace.momentum[step])
+            optimizer.step(
+                model.params, grads, _step_lr(members, active, lr_table, step), momenta[step]
+            )
             epoch_losses.append(loss.detach())
             step += 1
         losses = torch.stack(epoch_losses).T.tolist()  # the epoch's one host sync
@@ -213,7 +230,9 @@ def _train(
         for row, i in enumerate(active):
             member = members[i]
             member.steps, member.train_time = step, member.train_time + elapsed
-            member.diverged = _divergence(losses[row], val_losses[row], epoch_first, trace.lr)
+            member.diverged = _divergence(
+                losses[row], val_losses[row], epoch_first, member.trace.lr
+            )
             if member.diverged is not None:
                 continue
             metrics[i] = EpochMetrics(
@@ -222,8 +241,8 @@ def _train(
                 train_loss=sum(losses[row]) / len(losses[row]),
                 val_loss=val_losses[row],
                 val_accuracy=val_accuracies[row],
-                lr=trace.lr[step - 1],
-                momentum=trace.momentum[step - 1],
+                lr=member.trace.lr[step - 1],
+                momentum=momenta[step - 1],
             )
             member.history.append(metrics[i])
         going = set(metrics)
@@ -242,6 +261,16 @@ def _train(
             return
 
 
+def _step_lr(
+    members: list[_Member], active: list[int], lr_table: Tensor, step: int
+) -> float | Tensor:
+    """The active members' LR at ``step``: a number when they share one, else ``(K,)``."""
+    traces = {id(members[i].trace) for i in active}
+    if len(traces) == 1:
+        return members[active[0]].trace.lr[step]
+    return lr_table[step, active]
+
+
 def _divergence(
     losses: list[float], val_loss: float, epoch_first: int, lrs: list[float]
 ) -> Divergence | None:
@@ -256,17 +285,15 @@ def _divergence(
     return None
 
 
-def _result(
-    member: _Member, data: Dataset, trace: ScheduleTrace, started: float, evaluate_test: bool
-) -> TrainResult:
+def _result(member: _Member, data: Dataset, started: float, evaluate_test: bool) -> TrainResult:
     """One member's :class:`TrainResult`, its figures measured on its own module."""
     return finish_run(
         member.config,
         member.network,
         data,
         history=member.history,
-        lrs=trace.lr[: member.steps],
-        momenta=trace.momentum[: member.steps],
+        lrs=member.trace.lr[: member.steps],
+        momenta=member.trace.momentum[: member.steps],
         train_time=member.train_time,
         diverged=member.diverged,
         started=started,

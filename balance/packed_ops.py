@@ -167,8 +167,9 @@ class StackedOptimizer:
 
     Weight decay is a per-member vector, on the parameters in ``decayed`` only,
     coupled (``grad += wd * w``) for sgd and adam, decoupled
-    (``w *= 1 - lr * wd``) for adamw, as :mod:`balance.optim` documents. LR and
-    momentum (beta1) are shared and passed to each :meth:`step`.
+    (``w *= 1 - lr * wd``) for adamw, as :mod:`balance.optim` documents. Momentum
+    (beta1) is shared and passed to each :meth:`step`; so is the LR, a number, or a
+    per-member vector where members have their own max LR.
     """
 
     def __init__(self, config: TrainConfig, weight_decay: Sequence[float], decayed: set[str]):
@@ -194,7 +195,7 @@ class StackedOptimizer:
 
     @torch.no_grad()
     def step(
-        self, params: dict[str, Tensor], grads: Sequence[Tensor], lr: float, beta: float
+        self, params: dict[str, Tensor], grads: Sequence[Tensor], lr: float | Tensor, beta: float
     ) -> None:
         """One update of every stacked parameter with its gradient (in ``params`` order)."""
         self.steps += 1
@@ -207,7 +208,13 @@ class StackedOptimizer:
                 self._adam(name, param, grad, lr, beta, decay)
 
     def _sgd(
-        self, name: str, param: Tensor, grad: Tensor, lr: float, momentum: float, decay: bool
+        self,
+        name: str,
+        param: Tensor,
+        grad: Tensor,
+        lr: float | Tensor,
+        momentum: float,
+        decay: bool,
     ) -> None:
         # in place on the fresh gradient: a new (K, ...) tensor a step costs more than the math
         if decay:  # grad.add(param, alpha=wd) of torch.optim.SGD, one wd per member
@@ -219,10 +226,13 @@ class StackedOptimizer:
                 self.state[name][0].mul_(momentum).add_(grad)
             buf = self.state[name][0]
             grad = grad.add_(buf, alpha=momentum) if self.nesterov else buf
-        param.add_(grad, alpha=-lr)
+        if isinstance(lr, Tensor):
+            param.addcmul_(grad, self._per_member(-lr, param))
+        else:
+            param.add_(grad, alpha=-lr)
 
     def _adam(
-        self, name: str, param: Tensor, grad: Tensor, lr: float, beta1: float, decay: bool
+        self, name: str, param: Tensor, grad: Tensor, lr: float | Tensor, beta1: float, decay: bool
     ) -> None:
         beta2 = 0.999  # build_optimizer's betas = (momentum, 0.999)
         if decay and self.kind == "adamw":
@@ -236,4 +246,7 @@ class StackedOptimizer:
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         step_size = lr / (1 - beta1**self.steps)
         denom = (exp_avg_sq.sqrt() / (1 - beta2**self.steps) ** 0.5).add_(ADAM_EPS)
-        param.addcdiv_(exp_avg, denom, value=-step_size)
+        if isinstance(step_size, Tensor):
+            param.addcmul_(exp_avg / denom, self._per_member(-step_size, param))
+        else:
+            param.addcdiv_(exp_avg, denom, value=-step_size)

@@ -87,6 +87,22 @@ def test_adam_members_match_their_solo_runs(digits: Dataset, optimizer: str) -> 
         assert_matches(train(config, data=digits), member)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_members_with_their_own_max_lr_match_their_solo_runs(
+    digits: Dataset, optimizer: str
+) -> None:
+    # a study's lr_multiplier: each member on its own 1cycle schedule, one momentum schedule
+    base = DIGITS.model_copy(
+        update={"optimizer": optimizer, "epochs": 2, "weight_decay": 1e-3, "dropout": 0.2}
+    )
+    lrs = [0.05, 0.1, 0.2] if optimizer == "sgd" else [1e-3, 3e-3, 1e-2]
+    configs = [base.model_copy(update={"seed": s, "max_lr": lr}) for s, lr in enumerate(lrs)]
+    packed = train_packed(configs, data=digits)
+    for config, member in zip(configs, packed, strict=True):
+        assert member.lr_trace[0] == pytest.approx(config.max_lr / config.div_factor)
+        assert_matches(train(config, data=digits), member)
+
+
 def test_cnn1d_members_with_batchnorm_match_their_solo_runs(mnist1d: Dataset) -> None:
     base = TrainConfig(model="cnn1d", max_lr=0.1, epochs=2, batch_size=100, threads=1)
     updates = [{"seed": 0, "weight_decay": 0.0}, {"seed": 1, "dropout": 0.2}, {"seed": 2}]
@@ -157,7 +173,8 @@ def test_can_pack_says_why_not_in_one_line(digits: Dataset) -> None:
     assert (can_pack(DIGITS, data=streamed) or "").startswith("data:")
     mixed = [DIGITS, DIGITS.model_copy(update={"batch_size": 64, "epochs": 4})]
     assert pack_reason(mixed) == (
-        "batch_size, epochs: members of a pack may differ only in weight_decay, dropout, seed"
+        "batch_size, epochs: members of a pack may differ only in weight_decay, dropout, seed, "
+        "max_lr"
     )
     with pytest.raises(ConfigError, match=r"^batch_size, epochs: "):
         train_packed(mixed, data=digits)

@@ -69,14 +69,30 @@ def assert_same_values(alone: dict[str, Any], packed: dict[str, Any]) -> None:
             assert other == value, key
 
 
-@pytest.mark.parametrize("seeds", [1, 2])
+LR_GRID = {"weight_decay": [0.0, 1e-3], "dropout": [0.2], "lr_multiplier": [0.5, 2.0]}
+
+
+@pytest.mark.parametrize(
+    ("seeds", "search"), [(1, None), (2, None), (1, LR_GRID)], ids=["1", "2", "lr"]
+)
 def test_packed_sweep_trains_every_cell_once_as_one_at_a_time_would(
-    tmp_path: Path, seeds: int
+    tmp_path: Path, seeds: int, search: dict[str, Any] | None
 ) -> None:
-    alone = tiny(f"alone-{seeds}", seeds=seeds)
-    packed = tiny(f"packed-{seeds}", seeds=seeds, pack=4)
+    space = {} if search is None else {"search": search}
+    alone = tiny(f"alone-{seeds}", seeds=seeds, **space)
+    packed = tiny(f"packed-{seeds}", seeds=seeds, pack=4, **space)
+    calls: list[int] = []
+    real = _packing.train_packed
+
+    def counted(configs: Any, **kwargs: Any) -> Any:
+        calls.append(len(configs))
+        return real(configs, **kwargs)
+
     sweep(alone, root=tmp_path)
-    sweep(packed, root=tmp_path)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_packing, "train_packed", counted)
+        sweep(packed, root=tmp_path)
+    assert calls == [4 * seeds]  # one pack: LR multipliers pack together
     for config in (alone, packed):
         assert_clean_audit(config, tmp_path)
     one, many = by_cell(alone, tmp_path), by_cell(packed, tmp_path)

@@ -58,7 +58,7 @@ def resolve_pack(pack: PackSize, objective: Objective) -> int:
 
 
 def _shared(plan: TrialPlan) -> dict[str, Any]:
-    """What the members of one pack must share: everything but weight decay, dropout, seed."""
+    """What the members of one pack share: all but weight decay, dropout, seed, max LR."""
     return plan.config.model_dump(exclude=set(MEMBER_FIELDS))
 
 
@@ -67,8 +67,9 @@ class PackedWorker:
 
     Trials are claimed with ``study.ask()`` (each pops one queued trial and marks it
     running, exactly once across workers, as ``optimize`` does) until ``pack`` are
-    claimed, the queue is empty, or a claimed trial's shared settings (batch size,
-    LR multiplier) differ from the pack's: that one starts the next pack. Every
+    claimed, the queue is empty, or a claimed trial's shared settings (its batch size)
+    differ from the pack's: that one starts the next pack. Cells of other LR
+    multipliers pack together, each member on its own schedule. Every
     claimed trial ends told: complete, pruned (surplus), failed (diverged), or, when
     the worker is stopped, failed with no reason, so ``requeue_interrupted`` queues
     its cell again.
