@@ -26,7 +26,7 @@ SCRIPTS = {
     "lr_axis": {"studies"},
     "streaming_data": {"ratio", "cases", "repeats"},
     "packed_trials": {"ratio", "cases", "repeats"},
-    "packed_study": {"ratio", "ratio_variant", "pack", "variants"},
+    "packed_study": {"ratio", "ratio_variant", "pack", "repeats", "variants"},
 }
 
 
