@@ -17,6 +17,7 @@ from typing import (
     Annotated,
     Any,
     NoReturn,
+    cast,
 )
 
 import typer
@@ -39,6 +40,7 @@ from balance.config import (
     RangeTestConfig,
     TrainConfig,
     format_validation_error,
+    pack_size,
 )
 from balance.jsonable import write_json
 
@@ -334,11 +336,10 @@ def validate_command(study_file: StudyArg) -> None:
 def _pack_size(value: str | None) -> PackSize | None:
     if value is None:
         return None
-    if value == "auto":
-        return "auto"
-    if not value.isdigit() or int(value) < 1:
-        raise typer.BadParameter(f"{PACK_SIZE_RULE} (got {value!r})")
-    return int(value)
+    try:  # the study file's rule, on the flag's text
+        return cast(PackSize, pack_size(int(value) if value.isdigit() else value))
+    except ValueError:
+        raise typer.BadParameter(f"{PACK_SIZE_RULE} (got {value!r})") from None
 
 
 PackOpt = Annotated[

@@ -277,13 +277,14 @@ LrScaling = Literal["range-test", "fit", "linear", "sqrt", "none"]
 PACK_SIZE_RULE = "must be an integer >= 1 or 'auto'"
 
 
-def _pack_size(value: Any) -> Any:
+def pack_size(value: Any) -> Any:
+    """``value`` if it is a pack size (an int >= 1 or ``"auto"``); else ValueError."""
     if value == "auto" or (type(value) is int and value >= 1):
         return value
     raise ValueError(PACK_SIZE_RULE)
 
 
-PackSize = Annotated[int | Literal["auto"], BeforeValidator(_pack_size)]
+PackSize = Annotated[int | Literal["auto"], BeforeValidator(pack_size)]
 """Trials a worker packs: a count, or ``"auto"`` (:mod:`balance.pack_probe`)."""
 
 
@@ -401,7 +402,7 @@ def pack_problem(config: StudyConfig, pack: PackSize | None = None) -> str | Non
     """
     pack = config.pack if pack is None else pack
     try:
-        _pack_size(pack)
+        pack_size(pack)
     except ValueError:
         return f"pack: {PACK_SIZE_RULE} (got {pack!r})"
     if pack != 1 and (config.sampler != "grid" or config.race):

@@ -195,20 +195,17 @@ def _train(
     data: Dataset,
     mask: MemberMask | None,
 ) -> None:
-    """The packed loop: every member's epochs, until each finishes, diverges or is masked.
-
-    One max LR: the LR of a step is a number, as alone; several: a vector, one per row.
-    """
+    """The packed loop: every member's epochs, until each finishes, diverges or is masked."""
     first = members[0].config
     batch_size, n_train = first.batch_size, len(data.y_train)
     device = data.x_train.device
     orders = [torch.Generator(device=device).manual_seed(m.config.seed) for m in members]
     active = list(range(len(members)))  # row r of the stacked tensors is members[active[r]]
     momenta = members[0].trace.momentum  # the schedule's momentum does not depend on max_lr
-    lr_table = torch.tensor([m.trace.lr for m in members], dtype=torch.float64).T  # (steps, K)
     step = 0
     for epoch in range(1, first.epochs + 1):
         started, epoch_first = time.perf_counter(), step
+        lrs = _pack_lrs([members[i].trace for i in active])
         # epoch_batches's draw, one permutation per member, gathered by index per step
         order = torch.stack(
             [torch.randperm(n_train, device=device, generator=orders[i]) for i in active]
@@ -218,9 +215,7 @@ def _train(
             index = order[:, start : start + batch_size]
             loss = _member_losses(model.forward_train(data.x_train[index]), data.y_train[index])
             grads = torch.autograd.grad(loss.sum(), list(model.params.values()))
-            optimizer.step(
-                model.params, grads, _step_lr(members, active, lr_table, step), momenta[step]
-            )
+            optimizer.step(model.params, grads, lrs[step], momenta[step])
             epoch_losses.append(loss.detach())
             step += 1
         losses = torch.stack(epoch_losses).T.tolist()  # the epoch's one host sync
@@ -261,14 +256,12 @@ def _train(
             return
 
 
-def _step_lr(
-    members: list[_Member], active: list[int], lr_table: Tensor, step: int
-) -> float | Tensor:
-    """The active members' LR at ``step``: a number when they share one, else ``(K,)``."""
-    traces = {id(members[i].trace) for i in active}
-    if len(traces) == 1:
-        return members[active[0]].trace.lr[step]
-    return lr_table[step, active]
+def _pack_lrs(traces: list[ScheduleTrace]) -> list[float] | Tensor:
+    """Each step's LR for the pack's rows: the one schedule's numbers when the rows share
+    it (as alone), else a ``(steps, K)`` table whose row ``step`` is one LR per member."""
+    if all(trace is traces[0] for trace in traces):
+        return traces[0].lr
+    return torch.tensor([trace.lr for trace in traces], dtype=torch.float64).T.contiguous()
 
 
 def _divergence(

@@ -41,20 +41,22 @@ class _Activations:
     layout: str
 
     def samples(self) -> Tensor:
-        if self.layout == "sample":
-            return self.tensor
-        return self.tensor.permute(0, 2, 1, 3)
+        """The tensor as ``(K, B, ...)``."""
+        return self.tensor if self.layout == "sample" else _swap(self.tensor)
 
     def conv(self) -> Tensor:
-        if self.layout == "conv":
-            return self.tensor
-        return self.tensor.permute(0, 2, 1, 3)
+        """The tensor as ``(K, C, B, L)``."""
+        return self.tensor if self.layout == "conv" else _swap(self.tensor)
+
+
+def _swap(x: Tensor) -> Tensor:
+    """``(K, B, C, L)`` and ``(K, C, B, L)`` into each other (a view)."""
+    return x.permute(0, 2, 1, 3)
 
 
 @dataclass(frozen=True)
 class _Step:
-    kind: str
-    name: str  # the module's name in the solo network, the prefix of its tensors
+    prefix: str  # "<name>.": the module's name in the solo network, before its tensors'
     module: nn.Module
 
 
@@ -105,7 +107,7 @@ def compile_layers(network: nn.Module) -> LayerProgram | None:
             if stage not in allowed:
                 return None
             stage = stage_after
-        steps.append(_Step(kind, name, module))
+        steps.append(_Step(f"{name}.", module))
     return LayerProgram(steps)
 
 
@@ -139,7 +141,7 @@ class LayerProgram:
         training: bool,
         masks: Masks,
     ) -> _Activations:
-        module, prefix = step.module, f"{step.name}."
+        module, prefix = step.module, step.prefix
         if isinstance(module, nn.ReLU):
             return _Activations(torch.relu(h.tensor), h.layout)
         if isinstance(module, nn.Flatten):

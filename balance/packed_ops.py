@@ -177,6 +177,7 @@ class StackedOptimizer:
         self.nesterov = config.nesterov
         self.decayed = decayed
         self.weight_decay = torch.tensor(list(weight_decay), dtype=torch.float64)
+        self.decaying = bool(self.weight_decay.any())
         self.state: dict[str, list[Tensor]] = {}
         self.steps = 0
 
@@ -184,28 +185,37 @@ class StackedOptimizer:
         """Keep only ``members``' rows of the weight decay and the optimizer state."""
         index = torch.tensor(list(members))
         self.weight_decay = self.weight_decay[index]
+        self.decaying = bool(self.weight_decay.any())
         self.state = {
             name: [value[index.to(value.device)] for value in values]
             for name, values in self.state.items()
         }
 
-    def _per_member(self, values: Tensor, like: Tensor) -> Tensor:
-        shape = (len(values),) + (1,) * (like.dim() - 1)
-        return values.to(device=like.device, dtype=like.dtype).view(shape)
-
     @torch.no_grad()
     def step(
         self, params: dict[str, Tensor], grads: Sequence[Tensor], lr: float | Tensor, beta: float
     ) -> None:
-        """One update of every stacked parameter with its gradient (in ``params`` order)."""
+        """One update of every stacked parameter with its gradient (in ``params`` order).
+
+        Per-member vectors (weight decay, a vector LR) are cast to the parameters' dtype
+        and device once a step, then viewed per parameter.
+        """
         self.steps += 1
-        decaying = bool(self.weight_decay.any())
+        like = next(iter(params.values()))
+
+        def cast(values: Tensor) -> Tensor:
+            return values.to(device=like.device, dtype=like.dtype)
+
+        step_lr = cast(lr) if isinstance(lr, Tensor) else lr
+        decay: Tensor | None = None
+        if self.decaying:  # adamw shrinks the weights; sgd and adam add wd * w to the gradient
+            decay = cast(1 - lr * self.weight_decay if self.kind == "adamw" else self.weight_decay)
         for (name, param), grad in zip(params.items(), grads, strict=True):
-            decay = decaying and name in self.decayed
+            own = decay if name in self.decayed else None
             if self.kind == "sgd":
-                self._sgd(name, param, grad, lr, beta, decay)
+                self._sgd(name, param, grad, step_lr, beta, own)
             else:
-                self._adam(name, param, grad, lr, beta, decay)
+                self._adam(name, param, grad, step_lr, beta, own)
 
     def _sgd(
         self,
@@ -214,11 +224,11 @@ class StackedOptimizer:
         grad: Tensor,
         lr: float | Tensor,
         momentum: float,
-        decay: bool,
+        decay: Tensor | None,
     ) -> None:
         # in place on the fresh gradient: a new (K, ...) tensor a step costs more than the math
-        if decay:  # grad.add(param, alpha=wd) of torch.optim.SGD, one wd per member
-            grad.addcmul_(param, self._per_member(self.weight_decay, param))
+        if decay is not None:  # grad.add(param, alpha=wd) of torch.optim.SGD, one wd per member
+            grad.addcmul_(param, _rows(decay, param))
         if momentum != 0:
             if name not in self.state:
                 self.state[name] = [grad.clone()]
@@ -227,18 +237,24 @@ class StackedOptimizer:
             buf = self.state[name][0]
             grad = grad.add_(buf, alpha=momentum) if self.nesterov else buf
         if isinstance(lr, Tensor):
-            param.addcmul_(grad, self._per_member(-lr, param))
+            param.addcmul_(grad, _rows(lr, param), value=-1)
         else:
             param.add_(grad, alpha=-lr)
 
     def _adam(
-        self, name: str, param: Tensor, grad: Tensor, lr: float | Tensor, beta1: float, decay: bool
+        self,
+        name: str,
+        param: Tensor,
+        grad: Tensor,
+        lr: float | Tensor,
+        beta1: float,
+        decay: Tensor | None,
     ) -> None:
         beta2 = 0.999  # build_optimizer's betas = (momentum, 0.999)
-        if decay and self.kind == "adamw":
-            param.mul_(self._per_member(1 - lr * self.weight_decay, param))
-        elif decay:
-            grad.addcmul_(param, self._per_member(self.weight_decay, param))
+        if decay is not None and self.kind == "adamw":
+            param.mul_(_rows(decay, param))  # decay holds 1 - lr * wd
+        elif decay is not None:
+            grad.addcmul_(param, _rows(decay, param))
         if name not in self.state:
             self.state[name] = [torch.zeros_like(param), torch.zeros_like(param)]
         exp_avg, exp_avg_sq = self.state[name]
@@ -247,6 +263,11 @@ class StackedOptimizer:
         step_size = lr / (1 - beta1**self.steps)
         denom = (exp_avg_sq.sqrt() / (1 - beta2**self.steps) ** 0.5).add_(ADAM_EPS)
         if isinstance(step_size, Tensor):
-            param.addcmul_(exp_avg / denom, self._per_member(-step_size, param))
+            param.addcmul_(exp_avg / denom, _rows(step_size, param), value=-1)
         else:
             param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def _rows(values: Tensor, like: Tensor) -> Tensor:
+    """A ``(K,)`` vector viewed to broadcast over ``like``'s ``(K, ...)`` rows."""
+    return values.view((len(values),) + (1,) * (like.dim() - 1))
